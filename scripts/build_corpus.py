@@ -1,0 +1,54 @@
+"""Merge hand-written review batches into the embedded corpus: normalise, deduplicate, split, write.
+
+Usage: python scripts/build_corpus.py BATCH.csv [BATCH.csv ...]
+Writes kd_helpers/data/reviews/train.csv and validation.csv (80/20, stratified by label, seeded).
+"""
+
+from __future__ import annotations
+
+import csv
+import random
+import re
+import sys
+from pathlib import Path
+
+OUT = Path(__file__).resolve().parents[1] / "kd_helpers" / "data" / "reviews"
+
+
+def normalise(text: str) -> str:
+    """Lower case, letters/digits/apostrophes only, single spaces: the key for duplicate detection."""
+    return " ".join(re.sub(r"[^a-z0-9' ]+", " ", text.lower()).split())
+
+
+def main(paths: list[str]) -> None:
+    seen, rows = set(), []
+    for path in paths:
+        with open(path, newline="", encoding="utf-8") as fh:
+            for record in csv.DictReader(fh):
+                text = " ".join(record["text"].strip().lower().split())
+                key = normalise(text)
+                if not key or key in seen or record["label"] not in {"0", "1"}:
+                    continue
+                seen.add(key)
+                rows.append((text, int(record["label"])))
+    rng = random.Random(13)
+    train, validation = [], []
+    for label in (0, 1):
+        group = [row for row in rows if row[1] == label]
+        rng.shuffle(group)
+        cut = round(0.2 * len(group))
+        validation += group[:cut]
+        train += group[cut:]
+    rng.shuffle(train)
+    rng.shuffle(validation)
+    OUT.mkdir(parents=True, exist_ok=True)
+    for name, split in (("train", train), ("validation", validation)):
+        with open(OUT / f"{name}.csv", "w", newline="", encoding="utf-8") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["text", "label"])
+            writer.writerows(split)
+    print(f"{len(rows)} unique rows -> train {len(train)}, validation {len(validation)}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
