@@ -1,0 +1,239 @@
+"""The whole experiment behind ``python -m kd_helpers distill``: teacher, student before, KD, CE-only baseline.
+
+Notebooks call the same pieces: ``prepare`` once, then ``new_student`` / ``train_student`` as often as needed.
+"""
+
+from __future__ import annotations
+
+import copy
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import transformers
+from transformers import set_seed
+
+from kd_helpers import data as kd_data
+from kd_helpers.cache import atomic_dir, atomic_write_json
+from kd_helpers.config import KDConfig, pick_device
+from kd_helpers.errors import KDError
+from kd_helpers.metrics import model_report, quantize_int8
+from kd_helpers.models import (
+    HUB_STUDENT,
+    HUB_TEACHER,
+    freeze,
+    freeze_embeddings,
+    load_classifier,
+    load_tokenizer,
+    make_student,
+    minilm_dir,
+)
+from kd_helpers.teacher import cached_teacher_logits, train_teacher
+from kd_helpers.train import CachedTeacher, distill, evaluate_model, predict_logits
+
+LABEL_NAMES = {0: "negative", 1: "positive"}
+
+
+@dataclass
+class Setup:
+    """Everything a student run needs, built once: data, tokenizers, loaders, the frozen teacher, its logits."""
+
+    config: KDConfig
+    device: torch.device
+    splits: object  # DatasetDict with raw text: train, validation
+    tokenizer: object  # the student's
+    base: object  # the student's starting weights (a classifier with a random head)
+    teacher: object
+    teacher_tokenizer: object
+    teacher_info: dict
+    train_set: object  # tokenised for the student
+    val_set: object
+    val_loader: object
+    teacher_val_loader: object
+    cached_teacher: CachedTeacher
+    timings: dict = field(default_factory=dict)
+
+    def train_loader(self, seed: int | None = None, batch_size: int | None = None):
+        """A fresh, seeded training loader: every student sees the batches in the same order."""
+        cfg = self.config
+        return kd_data.make_loader(self.train_set, self.tokenizer, batch_size or cfg.batch_size, shuffle=True,
+                                   seed=cfg.seed if seed is None else seed, group_by_length=cfg.group_by_length)
+
+
+def sources(config: KDConfig) -> tuple[str, str | None]:
+    """(student base, teacher) model sources for a preset; teacher None means "fine-tune one from the base"."""
+    if config.preset == "distilbert-sst2":
+        return config.base or HUB_STUDENT, config.teacher or HUB_TEACHER
+    return config.base or str(minilm_dir()), config.teacher
+
+
+def prepare(config: KDConfig, log=print, progress: bool = True) -> Setup:
+    """Load the data, the student's base, and the teacher (trained and cached on first use)."""
+    timings = {}
+    start = time.perf_counter()
+    set_seed(config.seed)
+    device = pick_device(config.device)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    splits = kd_data.load_splits(config.data, seed=config.seed)
+    splits["train"] = kd_data.subsample(splits["train"], config.train_rows, config.seed)
+    splits["validation"] = kd_data.subsample(splits["validation"], config.val_rows, config.seed)
+    base_source, teacher_source = sources(config)
+    tokenizer = load_tokenizer(base_source)
+    base = load_classifier(base_source, num_labels=2)
+    timings["load_s"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    if teacher_source is None:
+        log(f"Teacher: fine-tuning the base on {len(splits['train'])} rows (cached after the first run)...")
+        teacher, teacher_tokenizer, info = train_teacher(
+            base_source, splits["train"], epochs=config.teacher_epochs, lr=config.teacher_lr,
+            batch_size=config.batch_size, max_length=config.max_length, seed=config.seed, device=device,
+            progress=progress, log=log)
+        if info.get("interrupted"):
+            raise KeyboardInterrupt
+        teacher_id = f"teacher:{info['key']}"
+    else:
+        teacher = load_classifier(teacher_source, num_labels=None)
+        teacher_tokenizer = load_tokenizer(teacher_source)
+        info = {"source": teacher_source, "cached": True}
+        teacher_id = teacher_source
+    if teacher.config.num_labels != base.config.num_labels:
+        raise KDError(f"teacher {teacher_source or 'fine-tuned base'} has {teacher.config.num_labels} labels, "
+                      f"the student has {base.config.num_labels}; they must predict the same classes")
+    freeze(teacher).to(device)
+    timings["teacher_s"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    train_set = kd_data.tokenize(splits["train"], tokenizer, config.max_length)
+    val_set = kd_data.tokenize(splits["validation"], tokenizer, config.max_length)
+    val_loader = kd_data.make_loader(val_set, tokenizer, batch_size=64)
+    teacher_val = kd_data.tokenize(splits["validation"], teacher_tokenizer, config.max_length)
+    teacher_val_loader = kd_data.make_loader(teacher_val, teacher_tokenizer, batch_size=64)
+    cached = cached_teacher_logits(teacher, teacher_tokenizer, splits["train"], teacher_id, config.max_length,
+                                   device=device, log=log)
+    timings["teacher_logits_s"] = time.perf_counter() - start
+    return Setup(config, device, splits, tokenizer, base, teacher, teacher_tokenizer, info, train_set, val_set,
+                 val_loader, teacher_val_loader, cached, timings)
+
+
+def new_student(setup: Setup, kind: str | None = None, seed: int | None = None):
+    """A fresh un-fine-tuned student; the same seed always gives the same initial weights."""
+    cfg = setup.config
+    student = make_student(setup.base, kind or cfg.student, seed=cfg.seed if seed is None else seed)
+    student.config.id2label = dict(LABEL_NAMES)
+    student.config.label2id = {name: i for i, name in LABEL_NAMES.items()}
+    if cfg.freeze_embeddings:
+        freeze_embeddings(student)
+    return student.to(setup.device)
+
+
+def train_student(setup: Setup, alpha: float | None = None, temperature: float | None = None,
+                  epochs: int | None = None, student=None, live_teacher: bool = False, verbose: bool = True,
+                  progress: bool = True):
+    """Distil a (fresh, unless given) student with the cached teacher logits; returns ``(student, run)``."""
+    cfg = setup.config
+    student = student if student is not None else new_student(setup)
+    set_seed(cfg.seed)
+    teacher = setup.teacher if live_teacher else setup.cached_teacher
+    run = distill(student, teacher, setup.train_loader(), setup.val_loader, setup.device,
+                  epochs=epochs or cfg.epochs, lr=cfg.lr,
+                  temperature=cfg.temperature if temperature is None else temperature,
+                  alpha=cfg.alpha if alpha is None else alpha, verbose=verbose, progress=progress)
+    return student, run
+
+
+def run_experiment(config: KDConfig, log=print, progress: bool = True) -> dict:
+    """Teacher, student before, KD student, CE-only student, metrics; saves results.json and the student.
+
+    On Ctrl-C the finished parts are saved with ``"interrupted": true``.
+    """
+    out = Path(config.output_dir)
+    results = {"config": config.to_dict(), "interrupted": False, "environment": environment()}
+    started = time.perf_counter()
+    try:
+        setup = prepare(config, log=log, progress=progress)
+        results["timings"] = setup.timings
+        results["teacher_accuracy"] = evaluate_model(setup.teacher, setup.teacher_val_loader, setup.device)
+        log(f"Teacher accuracy: {results['teacher_accuracy']:.4f} "
+            f"({'loaded from cache' if setup.teacher_info.get('cached') else 'trained now'})")
+
+        student = new_student(setup)
+        before = copy.deepcopy(student).cpu()
+        results["student_before_accuracy"] = evaluate_model(student, setup.val_loader, setup.device)
+        log(f"Student before distillation: {results['student_before_accuracy']:.4f}")
+
+        log(f"\nDistilling (T={config.temperature}, alpha={config.alpha} on the KL term)...")
+        start = time.perf_counter()
+        student, run = train_student(setup, student=student, progress=progress)
+        results.update(history=run.history, steps=run.steps, student_after_accuracy=_last_acc(run))
+        results["timings"]["distill_s"] = time.perf_counter() - start
+        if run.interrupted:
+            raise KeyboardInterrupt
+        _save_student(student, setup.tokenizer, out / "student")
+
+        if config.baseline:
+            log("\nCE-only baseline (alpha=0, same initial student, same budget)...")
+            start = time.perf_counter()
+            ce_student, ce_run = train_student(setup, alpha=0.0, progress=progress)
+            results.update(baseline_history=ce_run.history, baseline_steps=ce_run.steps,
+                           baseline_accuracy=_last_acc(ce_run))
+            results["timings"]["baseline_s"] = time.perf_counter() - start
+            if ce_run.interrupted:
+                raise KeyboardInterrupt
+        else:
+            ce_student = None
+
+        start = time.perf_counter()
+        log("\nMeasuring agreement, calibration, size and latency...")
+        results["models"] = compare_models(setup, before, student, ce_student)
+        results["timings"]["metrics_s"] = time.perf_counter() - start
+    except KeyboardInterrupt:
+        results["interrupted"] = True
+        log("Interrupted: saving what finished.")
+    results["timings"] = {**results.get("timings", {}), "total_s": time.perf_counter() - started}
+    atomic_write_json(out / "results.json", results)
+    return results
+
+
+def compare_models(setup: Setup, before, student_kd, student_ce=None) -> dict:
+    """The metrics table: teacher, student before, KD student, CE-only student, int8 KD student."""
+    repeats = 10 if setup.config.fast else 30
+    labels = setup.splits["validation"]["label"]
+    teacher_logits = predict_logits(setup.teacher, setup.teacher_val_loader, setup.device)
+    teacher_predictions = teacher_logits.argmax(-1).numpy()
+    models = {"teacher": (setup.teacher, setup.teacher_val_loader, setup.teacher_tokenizer),
+              "student_before": (before, setup.val_loader, setup.tokenizer),
+              "student_kd": (student_kd, setup.val_loader, setup.tokenizer)}
+    if student_ce is not None:
+        models["student_ce"] = (student_ce, setup.val_loader, setup.tokenizer)
+    models["student_kd_int8"] = (quantize_int8(student_kd), setup.val_loader, setup.tokenizer)
+    texts = setup.splits["validation"]["text"]
+    report = {}
+    for name, (model, loader, tokenizer) in models.items():
+        device = torch.device("cpu") if name.endswith("int8") else setup.device
+        logits = teacher_logits if name == "teacher" else predict_logits(model.to(device), loader, device)
+        batch1 = tokenizer(texts[:1], return_tensors="pt")
+        batch32 = tokenizer(texts[:32], return_tensors="pt", padding=True)
+        report[name] = model_report(logits, labels, teacher_predictions, model, batch1, batch32, repeats)
+        model.to(setup.device if not name.endswith("int8") else "cpu")
+    return report
+
+
+def environment() -> dict:
+    return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+            "machine": platform.machine(), "threads": torch.get_num_threads(),
+            "date": time.strftime("%Y-%m-%d")}
+
+
+def _last_acc(run) -> float | None:
+    return run.history[-1]["accuracy"] if run.history else None
+
+
+def _save_student(student, tokenizer, folder: Path) -> None:
+    def build(tmp: Path) -> None:
+        student.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+
+    atomic_dir(folder, build)

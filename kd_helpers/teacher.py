@@ -1,0 +1,113 @@
+"""The teacher: fine-tuned once, cached on disk, and its logits computed once per dataset.
+
+Cache layout under ``KD_CACHE_DIR`` (default ``~/.cache/kd_helpers``)::
+
+    teachers/<key>/   model.safetensors, config.json, tokenizer files, manifest.json
+    logits/<key>.safetensors
+
+Each key hashes everything that changes the result (model, data fingerprint, hyper-parameters).
+Every entry is written atomically and checked (checksums) before use; a bad entry is reported and rebuilt.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from kd_helpers.cache import (
+    atomic_dir,
+    atomic_write_json,
+    cache_key,
+    load_tensor,
+    read_json_checked,
+    save_tensor,
+    sha256_file,
+)
+from kd_helpers.config import cache_dir, pick_device
+from kd_helpers.data import fingerprint, make_loader, tokenize
+from kd_helpers.models import load_classifier, load_tokenizer, weights_sha256
+from kd_helpers.train import CachedTeacher, fine_tune, predict_logits
+
+
+def teacher_key(base: str, train_ds, epochs: int, lr: float, batch_size: int, max_length: int, seed: int) -> str:
+    return cache_key(kind="teacher", base=base, data=fingerprint(train_ds), epochs=epochs, lr=lr,
+                     batch_size=batch_size, max_length=max_length, seed=seed)
+
+
+def train_teacher(base_dir: str | Path, train_ds, epochs: int = 3, lr: float = 5e-5, batch_size: int = 32,
+                  max_length: int = 64, seed: int = 42, device=None, progress: bool = True,
+                  log=print) -> tuple:
+    """Fine-tune ``base_dir`` on ``train_ds`` with cross-entropy, or load the cached result.
+
+    Returns ``(model, tokenizer, info)``; ``info["cached"]`` says whether it was loaded,
+    ``info["interrupted"]`` whether training was stopped early (an interrupted teacher is never cached).
+    """
+    from transformers import set_seed
+
+    device = device or pick_device()
+    key = teacher_key(_model_id(base_dir), train_ds, epochs, lr, batch_size, max_length, seed)
+    folder = cache_dir() / "teachers" / key
+    if folder.exists():
+        try:
+            _check_teacher_dir(folder, key)
+            return load_classifier(folder), load_tokenizer(folder), {"key": key, "cached": True, "path": folder}
+        except ValueError as exc:
+            log(f"teacher cache {folder} is unusable ({exc}); retraining")
+    tokenizer = load_tokenizer(base_dir)
+    set_seed(seed)
+    model = load_classifier(base_dir, num_labels=2)
+    loader = make_loader(tokenize(train_ds, tokenizer, max_length), tokenizer, batch_size, shuffle=True,
+                         seed=seed, group_by_length=True)
+    finished = fine_tune(model, loader, device, epochs=epochs, lr=lr, progress=progress)
+    model.to("cpu").eval()
+    if not finished:
+        return model, tokenizer, {"key": key, "cached": False, "interrupted": True}
+
+    def build(tmp: Path) -> None:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        atomic_write_json(tmp / "manifest.json", {"key": key, "weights_sha256": sha256_file(tmp / "model.safetensors")})
+
+    atomic_dir(folder, build)
+    return model, tokenizer, {"key": key, "cached": False, "path": folder}
+
+
+def _check_teacher_dir(folder: Path, key: str) -> None:
+    manifest = read_json_checked(folder / "manifest.json")
+    if manifest.get("key") != key:
+        raise ValueError(f"manifest key {manifest.get('key')!r} differs from {key!r}")
+    if sha256_file(folder / "model.safetensors") != manifest.get("weights_sha256"):
+        raise ValueError("weights checksum mismatch")
+
+
+def cached_teacher_logits(teacher, tokenizer, dataset, teacher_id: str, max_length: int = 64,
+                          batch_size: int = 64, device=None, log=print) -> CachedTeacher:
+    """Run the teacher once over ``dataset`` (or load that run from disk) and wrap it as a CachedTeacher.
+
+    The key covers the teacher, the dataset's content and the tokenisation; the student may tokenise
+    differently, since logits are looked up by row index.
+    """
+    device = device or pick_device()
+    key = cache_key(kind="logits", teacher=teacher_id, data=fingerprint(dataset), tokenizer=tokenizer.name_or_path,
+                    vocab=len(tokenizer), max_length=max_length, rows=len(dataset))
+    path = cache_dir() / "logits" / f"{key}.safetensors"
+    if path.exists():
+        try:
+            logits = load_tensor(path, key)
+            if logits.shape[0] == len(dataset):
+                return CachedTeacher(logits)
+            log(f"teacher logits {path} have {logits.shape[0]} rows, expected {len(dataset)}; recomputing")
+        except ValueError as exc:
+            log(f"teacher logits cache is unusable ({exc}); recomputing")
+    loader = make_loader(tokenize(dataset, tokenizer, max_length), tokenizer, batch_size)
+    teacher.to(device)
+    logits = predict_logits(teacher, loader, device)
+    save_tensor(path, logits, key)
+    return CachedTeacher(logits)
+
+
+def _model_id(source) -> str:
+    """Bundled or local weights are identified by their content, hub ids by name."""
+    path = Path(source)
+    weights = path / "model.safetensors"
+    return weights_sha256(weights) if weights.is_file() else str(source)
+
