@@ -39,6 +39,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        _default_mode(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -78,6 +79,7 @@ def save_tensor(path: str | Path, tensor: torch.Tensor, key: str) -> None:
     os.close(fd)
     try:
         save_file({"tensor": tensor}, tmp, metadata=meta)
+        _default_mode(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -115,6 +117,13 @@ def atomic_dir(final: str | Path, build: Callable[[Path], None]) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final
+
+
+def _default_mode(path: str) -> None:
+    """mkstemp creates 0600 files; give them the permissions a plain open() would (0666 minus the umask)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
 
 
 def _tensor_sha(tensor: torch.Tensor) -> str:

@@ -52,6 +52,7 @@ def train_teacher(base_dir: str | Path, train_ds, epochs: int = 3, lr: float = 5
             return load_classifier(folder), load_tokenizer(folder), {"key": key, "cached": True, "path": folder}
         except ValueError as exc:
             log(f"teacher cache {folder} is unusable ({exc}); retraining")
+    log(f"Teacher: fine-tuning the base on {len(train_ds)} rows for {epochs} epoch(s); cached for later runs...")
     tokenizer = load_tokenizer(base_dir)
     set_seed(seed)
     model = load_classifier(base_dir, num_labels=2)

@@ -15,7 +15,7 @@ from kd_helpers import KDConfig, KDError, cli
 from kd_helpers.cache import atomic_dir, atomic_write_json, load_tensor, read_json_checked, save_tensor
 from kd_helpers.data import load_table
 
-GOOD = "text,label\na gorgeous, moving film,1\na tedious slog,0\n"
+GOOD = "text,label\n\"a gorgeous, moving film\",1\na tedious slog,0\n"
 BAD_FILES = {
     "empty.csv": (b"", "file is empty"),
     "header_only.csv": (b"text,label\n", "no data rows"),

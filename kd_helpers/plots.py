@@ -1,0 +1,166 @@
+"""Every figure of the tutorial: pure functions that take data and a matplotlib ``Axes`` and draw on it.
+
+They never create figures or call ``plt.show()``, so notebooks, widgets and tests share them unchanged::
+
+    fig, ax = plt.subplots()
+    plot_soft_targets(ax, teacher_logits, student_logits, temperature=4.0)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.patches import Rectangle
+
+TEACHER, STUDENT = "tab:blue", "tab:orange"
+COMPONENTS = (("total", "total", "black"), ("distill", "distill (KL x T²)", "tab:purple"),
+              ("student", "student (CE)", "tab:green"))
+
+
+def softmax(logits, temperature: float = 1.0) -> np.ndarray:
+    """``softmax(logits / T)`` along the last axis, in float64 (what the bars show)."""
+    z = np.asarray(logits, dtype=float) / temperature
+    z = np.exp(z - z.max(axis=-1, keepdims=True))
+    return z / z.sum(axis=-1, keepdims=True)
+
+
+def plot_soft_targets(ax: Axes, teacher_logits, student_logits, temperature: float,
+                      class_names: Sequence[str] | None = None) -> None:
+    """Side-by-side bars of ``softmax(logits / T)`` for the teacher and the student (first row if 2-D)."""
+    teacher = softmax(np.atleast_2d(np.asarray(teacher_logits, dtype=float))[0], temperature)
+    student = softmax(np.atleast_2d(np.asarray(student_logits, dtype=float))[0], temperature)
+    x = np.arange(len(teacher))
+    ax.bar(x - 0.2, teacher, width=0.4, color=TEACHER, label="teacher")
+    ax.bar(x + 0.2, student, width=0.4, color=STUDENT, label="student")
+    ax.set_xticks(x, list(class_names) if class_names is not None else [str(i) for i in x])
+    ax.set(xlabel="class", ylabel=f"softmax(logits / T), T = {temperature:g}", ylim=(0, 1.05),
+           title="Softened distributions")
+    ax.legend(loc="upper right")
+
+
+def plot_loss_components(ax: Axes, xs: Sequence[float], components: Mapping[str, Sequence[float]],
+                         current: float | None = None, xlabel: str = "temperature T") -> None:
+    """Distill, student and total loss against T (or alpha); a dotted line marks the current value."""
+    for key, label, color in COMPONENTS:
+        if key in components:
+            ax.plot(xs, components[key], color=color, label=label, lw=2 if key == "total" else 1.5)
+    if current is not None:
+        ax.axvline(current, color="grey", ls=":", label=f"current = {current:g}")
+    ax.set(xlabel=xlabel, ylabel="loss", title=f"Loss components vs {xlabel.split()[0]}")
+    ax.legend(loc="best", fontsize="small")
+
+
+def plot_step_losses(ax: Axes, steps: Sequence[Mapping], label: str = "", linestyle: str = "-") -> None:
+    """Per-step total, distill and student loss of one run (``TrainingRun.steps``); call again to overlay.
+
+    Colours name the components; a ``label`` adds a legend entry for this run's line style.
+    """
+    ax.set(xlabel="training step (grey lines: epoch ends)", ylabel="loss", title="Loss per step")
+    if not steps:
+        ax.text(0.5, 0.5, f"{label or 'this configuration'}: not trained yet", ha="center", va="center",
+                transform=ax.transAxes)
+        return
+    x = np.arange(1, len(steps) + 1)
+    shown = set(ax.get_legend_handles_labels()[1])
+    for key, name, color in COMPONENTS:
+        ax.plot(x, [s[f"{key}_loss"] for s in steps], color=color, ls=linestyle, lw=1.2,
+                label=None if name in shown else name)
+    if label:
+        ax.plot([], [], color="grey", ls=linestyle, label=label)
+    epochs = [s.get("epoch", 1) for s in steps]
+    for i in range(1, len(epochs)):
+        if epochs[i] != epochs[i - 1]:
+            ax.axvline(i + 0.5, color="lightgrey", lw=1)
+    ax.legend(loc="upper right", fontsize="small")
+
+
+def plot_accuracy_curves(ax: Axes, history: Sequence[Mapping], teacher_accuracy: float | None = None,
+                         baseline_accuracy: float | Sequence[Mapping] | None = None, label: str = "student",
+                         linestyle: str = "-", color: str = STUDENT) -> None:
+    """Validation accuracy per epoch; the teacher and the CE-only baseline (a number or a history) for reference."""
+    if history:
+        ax.plot([h["epoch"] for h in history], [h["accuracy"] for h in history], marker="o", ls=linestyle,
+                color=color, label=label)
+    if teacher_accuracy is not None:
+        ax.axhline(teacher_accuracy, color=TEACHER, ls="--", label=f"teacher {teacher_accuracy:.1%}")
+    if isinstance(baseline_accuracy, (int, float)):
+        ax.axhline(baseline_accuracy, color="grey", ls="-.", label=f"CE-only {baseline_accuracy:.1%}")
+    elif baseline_accuracy:
+        ax.plot([h["epoch"] for h in baseline_accuracy], [h["accuracy"] for h in baseline_accuracy],
+                color="grey", ls="-.", marker="s", label="CE-only (alpha = 0)")
+    curves = [history] + ([] if isinstance(baseline_accuracy, (int, float)) else [baseline_accuracy or []])
+    shown = [h["epoch"] for curve in curves for h in curve]
+    last = int(max(shown + [ax.get_xlim()[1]])) if shown else 0
+    if 0 < last <= 12:  # whole epochs only, even for a one-epoch run
+        ax.set_xticks(range(1, last + 1))
+    ax.set(xlabel="epoch", ylabel="validation accuracy", title="Validation accuracy")
+    ax.legend(loc="lower right", fontsize="small")
+
+
+def plot_heatmap(ax: Axes, grid, temperatures: Sequence[float], alphas: Sequence[float],
+                 highlight: tuple | list | None = None, title: str = "Final accuracy") -> None:
+    """``grid[i][j]`` = accuracy at ``temperatures[i]``, ``alphas[j]`` (NaN: not run); boxes mark ``highlight``."""
+    grid = np.asarray(grid, dtype=float)
+    finite = grid[np.isfinite(grid)]
+    ax.imshow(grid, cmap="viridis", origin="lower", aspect="auto", vmin=finite.min() if finite.size else 0,
+              vmax=finite.max() if finite.size else 1)
+    middle = (finite.min() + finite.max()) / 2 if finite.size else 0
+    for (i, j), value in np.ndenumerate(grid):
+        ax.text(j, i, "–" if np.isnan(value) else f"{value:.1%}", ha="center", va="center", fontsize="small",
+                color="grey" if np.isnan(value) else "black" if value > middle else "white")  # viridis: dark = low
+    marks = [highlight] if isinstance(highlight, tuple) else list(highlight or [])
+    for (temperature, alpha), color in zip(marks, ("red", "magenta"), strict=False):
+        if temperature in temperatures and alpha in alphas:
+            i, j = list(temperatures).index(temperature), list(alphas).index(alpha)
+            ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, ec=color, lw=3))
+    ax.set_xticks(range(len(alphas)), [f"{a:g}" for a in alphas])
+    ax.set_yticks(range(len(temperatures)), [f"{t:g}" for t in temperatures])
+    ax.set(xlabel="alpha (weight of the KL term; 0 = CE only)", ylabel="temperature T", title=title)
+
+
+def plot_reliability(ax: Axes, bins: Mapping, label: str = "model") -> None:
+    """Reliability diagram from ``metrics.reliability_bins``: accuracy per confidence bin vs the diagonal."""
+    edges = np.asarray(bins["edges"])
+    filled = np.asarray(bins["count"]) > 0
+    centers, width = (edges[:-1] + edges[1:]) / 2, np.diff(edges)
+    ax.bar(centers[filled], np.asarray(bins["accuracy"])[filled], width=width[filled], alpha=0.6,
+           edgecolor="black", label=f"{label}: accuracy per bin")
+    ax.plot(np.asarray(bins["confidence"])[filled], np.asarray(bins["accuracy"])[filled], "o", color="black",
+            ms=3, label="mean confidence")
+    ax.plot([0, 1], [0, 1], ls="--", color="grey", label="perfectly calibrated")
+    ax.set(xlabel="confidence (max probability)", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1.02),
+           title="Reliability diagram")
+    ax.legend(loc="upper left", fontsize="small")
+
+
+def plot_confusion(ax: Axes, matrix, class_names: Sequence[str] = ("negative", "positive"),
+                   title: str = "Confusion matrix") -> None:
+    """Counts of (true, predicted) pairs, annotated in each cell."""
+    matrix = np.asarray(matrix)
+    ax.imshow(matrix, cmap="Blues")
+    for (i, j), value in np.ndenumerate(matrix):
+        ax.text(j, i, str(value), ha="center", va="center",
+                color="white" if value > matrix.max() / 2 else "black")
+    ticks = range(len(matrix))
+    ax.set_xticks(ticks, list(class_names)[: len(matrix)])
+    ax.set_yticks(ticks, list(class_names)[: len(matrix)])
+    ax.set(xlabel="predicted", ylabel="true", title=title)
+
+
+def plot_accuracy_vs_latency(ax: Axes, models: Mapping[str, Mapping]) -> None:
+    """One bubble per model (``experiment.compare_models`` output): latency vs accuracy, area ~ size in MB."""
+    for (name, report), color in zip(models.items(), _cycle(), strict=False):
+        ax.scatter(report["latency_ms_batch1"], report["accuracy"], s=20 + 3 * report["size_mb"], color=color,
+                   alpha=0.6, edgecolor="black", label=f"{name} ({report['size_mb']:.0f} MB)")
+        ax.annotate(name, (report["latency_ms_batch1"], report["accuracy"]), textcoords="offset points",
+                    xytext=(6, 6), fontsize="small")
+    ax.set(xlabel="CPU latency, batch 1 (ms)", ylabel="validation accuracy",
+           title="Accuracy vs latency (bubble area ~ size)")
+    ax.legend(loc="lower right", fontsize="small", markerscale=0.5)
+
+
+def _cycle():
+    while True:
+        yield from ("tab:blue", "tab:grey", "tab:orange", "tab:green", "tab:red", "tab:purple")
