@@ -75,7 +75,6 @@ def prepare(config: KDConfig, log=print, progress: bool = True) -> Setup:
     start = time.perf_counter()
     set_seed(config.seed)
     device = pick_device(config.device)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     splits = kd_data.load_splits(config.data, seed=config.seed)
     splits["train"] = kd_data.subsample(splits["train"], config.train_rows, config.seed)
     splits["validation"] = kd_data.subsample(splits["validation"], config.val_rows, config.seed)
