@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--alpha", type=float, default=0.7, help="weight of the KL (teacher) term; 1-alpha weights CE")
     d.add_argument("--epochs", type=int, default=3)
     d.add_argument("--batch-size", type=int, default=32)
-    d.add_argument("--lr", type=float, default=5e-5)
+    d.add_argument("--lr", type=float, default=None, help="student learning rate (default: 5e-5 base, 2e-4 compact)")
     d.add_argument("--max-length", type=int, default=64)
     d.add_argument("--seed", type=int, default=42)
     d.add_argument("--output-dir", default="outputs")

@@ -14,6 +14,9 @@ from kd_helpers.errors import KDError
 PRESETS = ("minilm", "distilbert-sst2")
 STUDENTS = ("base", "compact")
 FAST_TRAIN_ROWS, FAST_VAL_ROWS = 400, 200
+# Student learning rate when none is given: the reference's 5e-5 for the same-size student; the 2-layer
+# compact student needs more (embedded corpus, 2 epochs, CE-only: 64.0 % at 5e-5, 76.7 % at 2e-4).
+DEFAULT_LR = {"base": 5e-5, "compact": 2e-4}
 
 
 def fast_mode() -> bool:
@@ -58,7 +61,7 @@ class KDConfig:
     alpha: float = 0.7
     epochs: int = 3
     batch_size: int = 32
-    lr: float = 5e-5
+    lr: float | None = None  # None: DEFAULT_LR[student]
     max_length: int = 64
     seed: int = 42
     teacher_epochs: int = 3
@@ -78,6 +81,8 @@ class KDConfig:
     def __post_init__(self) -> None:
         if self.data is None:
             self.data = "sst2" if self.preset == "distilbert-sst2" else "reviews"
+        if self.lr is None:
+            self.lr = DEFAULT_LR.get(self.student, DEFAULT_LR["base"])
         self.validate()  # the user's values first, so that fast mode cannot hide a bad one
         if self.fast:  # same code path, shrunk: a few hundred rows, one student epoch, the compact student
             self.student = "compact"

@@ -14,6 +14,13 @@ def setup():
     return prepare(KDConfig(fast=True), log=lambda *a: None, progress=False)
 
 
+def test_student_learning_rate_defaults_by_student_and_yields_to_the_user():
+    assert KDConfig().lr == 5e-5  # the reference's, for the same-size student
+    assert KDConfig(student="compact").lr == 2e-4
+    assert KDConfig(student="compact", lr=1e-5).lr == 1e-5
+    assert KDConfig(fast=True).lr == 3e-4
+
+
 def test_fresh_students_start_identical(setup):
     a, b = new_student(setup), new_student(setup)
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))

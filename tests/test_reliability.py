@@ -66,6 +66,7 @@ def test_good_files_load(tmp_path):
     (["--alpha", "1.5"], "--alpha 1.5: must be between 0 and 1"),
     (["--epochs", "0"], "--epochs 0: must be an integer >= 1"),
     (["--batch-size", "0"], "--batch-size 0"),
+    (["--lr", "-1"], "--lr -1.0: must be a finite number > 0"),
     (["--max-length", "2"], "--max-length 2"),
     (["--temperature", "hot"], "argument --temperature: invalid float value: 'hot'"),
     (["--student", "tiny"], "argument --student: invalid choice"),
