@@ -9,6 +9,8 @@ from kd_helpers.errors import NonFiniteLossError
 from kd_helpers.models import freeze, load_classifier, load_tokenizer, make_student
 from kd_helpers.train import (
     CachedTeacher,
+    autocast,
+    cpu_bf16_requested,
     distill,
     evaluate_model,
     get_teacher_logits,
@@ -105,3 +107,23 @@ def test_compact_student_keeps_two_layers(tiny_distilbert_dir, minilm_path):
                                base.base_model.encoder.layer[3].output.dense.weight)
     distil = make_student(load_classifier(tiny_distilbert_dir), "compact")
     assert distil.config.n_layers == 2
+
+
+def test_cpu_bf16_is_opt_in_and_only_for_the_student_forward(tiny, monkeypatch):
+    """KD_CPU_BF16=1 runs the student's training forward in bf16 (different last digits, finite losses)."""
+    def first_epoch():
+        student = make_student(tiny["base"], "base", seed=1)
+        optimizer = torch.optim.AdamW(student.parameters(), lr=1e-3)
+        torch.manual_seed(0)
+        return train_epoch(student, tiny["teacher"], _loader(tiny, shuffle=False), optimizer, None,
+                           DistillationLoss(), CPU, progress=False)["steps"][0]["total_loss"]
+
+    monkeypatch.delenv("KD_CPU_BF16", raising=False)
+    with autocast(CPU, cpu_bf16=cpu_bf16_requested()):
+        assert not torch.is_autocast_enabled("cpu")
+    fp32 = first_epoch()
+    monkeypatch.setenv("KD_CPU_BF16", "1")
+    with autocast(CPU, cpu_bf16=cpu_bf16_requested()):
+        assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+    bf16 = first_epoch()
+    assert bf16 != fp32 and abs(bf16 - fp32) < 0.05 * fp32
