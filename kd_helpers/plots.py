@@ -100,16 +100,29 @@ def plot_accuracy_curves(ax: Axes, history: Sequence[Mapping], teacher_accuracy:
 
 
 def plot_heatmap(ax: Axes, grid, temperatures: Sequence[float], alphas: Sequence[float],
-                 highlight: tuple | list | None = None, title: str = "Final accuracy") -> None:
-    """``grid[i][j]`` = accuracy at ``temperatures[i]``, ``alphas[j]`` (NaN: not run); boxes mark ``highlight``."""
+                 highlight: tuple | list | None = None, title: str = "Final accuracy",
+                 reference: float | None = None, min_span: float = 0.04) -> None:
+    """``grid[i][j]`` = accuracy at ``temperatures[i]``, ``alphas[j]`` (NaN: not run); boxes mark ``highlight``.
+
+    With ``reference`` (e.g. the CE-only accuracy) the colours are centred on it: teal above, brown below, white
+    equal. The colour scale always spans at least ``min_span`` (4 points), so that differences within the noise
+    of a few hundred validation rows do not look like contrasts.
+    """
     grid = np.asarray(grid, dtype=float)
     finite = grid[np.isfinite(grid)]
-    ax.imshow(grid, cmap="viridis", origin="lower", aspect="auto", vmin=finite.min() if finite.size else 0,
-              vmax=finite.max() if finite.size else 1)
-    middle = (finite.min() + finite.max()) / 2 if finite.size else 0
+    if reference is not None:
+        half = max(float(np.abs(finite - reference).max()) if finite.size else 0.0, min_span / 2)
+        vmin, vmax, cmap = reference - half, reference + half, "BrBG"
+    else:
+        low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+        pad = max(0.0, min_span - (high - low)) / 2
+        vmin, vmax, cmap = low - pad, high + pad, "viridis"
+    image = ax.imshow(grid, cmap=cmap, origin="lower", aspect="auto", vmin=vmin, vmax=vmax)
     for (i, j), value in np.ndenumerate(grid):
+        shade = float(image.norm(value)) if np.isfinite(value) else 0.5
+        dark = abs(shade - 0.5) > 0.3 if reference is not None else shade < 0.5  # where black text is hard to read
         ax.text(j, i, "–" if np.isnan(value) else f"{value:.1%}", ha="center", va="center", fontsize="small",
-                color="grey" if np.isnan(value) else "black" if value > middle else "white")  # viridis: dark = low
+                color="grey" if np.isnan(value) else "white" if dark else "black")
     marks = [highlight] if isinstance(highlight, tuple) else list(highlight or [])
     for (temperature, alpha), color in zip(marks, ("red", "magenta"), strict=False):
         if temperature in temperatures and alpha in alphas:
@@ -128,7 +141,7 @@ def plot_reliability(ax: Axes, bins: Mapping, label: str = "model") -> None:
     ax.bar(centers[filled], np.asarray(bins["accuracy"])[filled], width=width[filled], alpha=0.6,
            edgecolor="black", label=f"{label}: accuracy per bin")
     ax.plot(np.asarray(bins["confidence"])[filled], np.asarray(bins["accuracy"])[filled], "o", color="black",
-            ms=3, label="mean confidence")
+            ms=3, label="per bin: (mean confidence, accuracy)")
     ax.plot([0, 1], [0, 1], ls="--", color="grey", label="perfectly calibrated")
     ax.set(xlabel="confidence (max probability)", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1.02),
            title="Reliability diagram")

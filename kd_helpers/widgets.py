@@ -169,7 +169,9 @@ class TrainingExplorer(widgets.VBox):
         ts, alphas = self._grid_axes()
         plots.plot_heatmap(self.axes["heatmap"], sweep.accuracy_grid(self.results, ts, alphas), ts, alphas,
                            highlight=[(t, a) for t, a, _ in picks],
-                           title="Final accuracy (red: selected, magenta: compared)")
+                           reference=baseline["accuracy"] if baseline else None,
+                           title="Final accuracy (red: selected, magenta: compared)\n"
+                           + ("colour: vs CE-only (alpha = 0), white = equal" if baseline else ""))
         self.free_temperature.value, self.free_alpha.value = self.temperature.value, self.alpha.value
         self.status.value = self._summary(picks)
         self.image.value = render_png(self.fig)
