@@ -94,7 +94,10 @@ def save_sweep(results: dict, path: str | Path) -> None:
 
 
 def open_sweep(setup: experiment.Setup, epochs: int, path: str | Path, log: Callable = print) -> dict:
-    """Resume the sweep in ``path`` if it was made with this setup; a corrupt file is reported and rebuilt."""
+    """Resume the sweep in ``path`` if it was made with this setup; a corrupt file is reported and rebuilt.
+
+    A full-mode sweep of another setup is never overwritten (``KDError``); a fast-mode one is replaced.
+    """
     path = Path(path)
     if path.exists():
         try:
@@ -107,6 +110,10 @@ def open_sweep(setup: experiment.Setup, epochs: int, path: str | Path, log: Call
             key = sweep_key(setup, epochs)
             if results.get("key") != key:
                 diff = sorted(k for k in key if results.get("key", {}).get(k) != key[k])
+                if key["fast"] and results.get("key", {}).get("fast"):  # seconds of training: scratch, replace it
+                    log(f"{path} holds a fast-mode sweep of another setup (differs in: {', '.join(diff)}); "
+                        "starting a new one")
+                    return new_sweep(setup, epochs) | {"path": str(path)}
                 raise KDError(f"{path} holds a sweep of a different setup (differs in: {', '.join(diff)}); "
                               "pass another results file (--results) or delete it")
             return results

@@ -17,11 +17,11 @@ from kd_helpers.train import TrainingRun
 GRID = {"temperatures": [2.0, 4.0], "alphas": [0.5]}
 
 
-def fake_setup(rows: int = 8) -> SimpleNamespace:
+def fake_setup(rows: int = 8, fast: bool = True) -> SimpleNamespace:
     """What ``run_sweep`` reads from a Setup, without models: config, data identity, teacher identity."""
     texts = [f"review {i}" for i in range(rows)]
     split = {"text": texts, "label": [i % 2 for i in range(rows)]}
-    return SimpleNamespace(config=KDConfig(fast=True), splits={"train": split, "validation": split},
+    return SimpleNamespace(config=KDConfig(fast=fast), splits={"train": split, "validation": split},
                            teacher_info={"key": "teacher-abc"}, teacher=None, teacher_val_loader=None, device="cpu")
 
 
@@ -114,12 +114,12 @@ def test_corrupt_file_is_reported_in_one_line_and_rebuilt(tmp_path, calls):
     assert len(results["runs"]) == 3 and sweep.load_sweep(path)["runs"].keys() == results["runs"].keys()
 
 
-def test_a_sweep_of_another_setup_is_never_overwritten(tmp_path, calls):
+def test_a_full_mode_sweep_of_another_setup_is_never_overwritten(tmp_path, calls):
     path = tmp_path / "sweep.json"
-    sweep.run_sweep(fake_setup(), **GRID, epochs=1, results_path=path, log=lambda *_: None)
+    sweep.run_sweep(fake_setup(fast=False), **GRID, epochs=1, results_path=path, log=lambda *_: None)
     before = path.read_bytes()
     with pytest.raises(KDError, match="different setup.*epochs"):
-        sweep.run_sweep(fake_setup(), **GRID, epochs=2, results_path=path, log=lambda *_: None)
+        sweep.run_sweep(fake_setup(fast=False), **GRID, epochs=2, results_path=path, log=lambda *_: None)
     (tmp_path / "other.json").write_text(json.dumps({"a": 1}))
     with pytest.raises(ValueError):
         sweep.load_sweep(tmp_path / "other.json")
@@ -130,6 +130,16 @@ def test_a_sweep_of_another_setup_is_never_overwritten(tmp_path, calls):
     with pytest.raises(KDError, match="not a sweep results file"):
         sweep.run_sweep(fake_setup(), **GRID, epochs=1, results_path=distill_results, log=lambda *_: None)
     assert distill_results.read_bytes() == kept
+
+
+def test_a_fast_mode_sweep_of_another_setup_is_replaced(tmp_path, calls):
+    path = tmp_path / "sweep_results_fast.json"
+    sweep.run_sweep(fake_setup(), **GRID, epochs=1, results_path=path, log=lambda *_: None)
+    lines = []
+    results = sweep.run_sweep(fake_setup(), **GRID, epochs=2, results_path=path, log=lines.append)
+    assert "fast-mode sweep of another setup (differs in: epochs); starting a new one" in lines[0]
+    assert len(calls.log) == 6 and sweep.load_sweep(path)["key"]["epochs"] == 2
+    assert all(len(run["history"]) == 2 for run in results["runs"].values())
 
 
 def test_cli_sweep_prints_the_table_and_exit_codes(tmp_path, calls, monkeypatch, capsys):
