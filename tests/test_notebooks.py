@@ -247,3 +247,22 @@ def test_print_environment_names_the_mode(capsys):
     print_environment(KDConfig(fast=True))
     out = capsys.readouterr().out
     assert "torch" in out and "transformers" in out and "device" in out and "mode          fast" in out
+
+
+SHOWN = re.compile(r"`(kd_helpers/[\w/]+\.py)`, lines (\d+)–(\d+):")
+
+
+@pytest.mark.parametrize("path", ALL, ids=_id)
+def test_shown_source_matches_the_package(path):
+    """Every committed ``show_source`` listing is the package's current code at the lines its header names."""
+    root = NOTEBOOKS.parent
+    for cell in _read(path).cells:
+        outputs = [o for o in cell.get("outputs", []) if o.get("output_type") == "display_data"]
+        for header, listing in zip(outputs, outputs[1:], strict=False):
+            match = SHOWN.fullmatch(header.get("data", {}).get("text/markdown", "").strip())
+            if not match:
+                continue
+            name, first, last = match.group(1), int(match.group(2)), int(match.group(3))
+            lines = (root / name).read_text().splitlines()[first - 1:last]
+            assert listing["data"]["text/plain"].rstrip("\n") == "\n".join(lines), (
+                f"{_id(path)}: the listing of {name}, lines {first}-{last}, is stale: re-run the notebook")
