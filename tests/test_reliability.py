@@ -224,7 +224,10 @@ def test_ctrl_c_saves_finished_work_and_rerun_resumes(tmp_path):
     out = tmp_path / "out"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # the tests' shared cache: the fast teacher is usually there
     cmd = [sys.executable, "-m", "kd_helpers", "distill", "--fast", "--output-dir", str(out)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    # SIGINT as a terminal delivers it: a shell's background job inherits it ignored, and Python keeps it so
+    restore = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)  # noqa: E731
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT,
+                            preexec_fn=restore)
     seen = ""
     deadline = time.time() + 900  # a cold cache trains the fast teacher first
     while "Distilling" not in seen and time.time() < deadline:
