@@ -29,7 +29,7 @@ from kd_helpers.cache import atomic_write_json, cache_key, read_json_checked
 from kd_helpers.config import KDConfig, cache_dir, fast_mode
 from kd_helpers.data import fingerprint
 from kd_helpers.errors import KDError
-from kd_helpers.train import evaluate_model
+from kd_helpers.train import cpu_bf16_requested, evaluate_model
 
 KIND = "kd_helpers.sweep"
 BASELINE = "baseline"
@@ -54,7 +54,8 @@ def sweep_key(setup: experiment.Setup, epochs: int) -> dict:
             "train_data": fingerprint(setup.splits["train"]), "val_data": fingerprint(setup.splits["validation"]),
             "teacher": str(teacher), "epochs": int(epochs), "batch_size": cfg.batch_size, "lr": cfg.lr,
             "max_length": cfg.max_length, "seed": cfg.seed, "group_by_length": cfg.group_by_length,
-            "freeze_embeddings": cfg.freeze_embeddings, "fast": cfg.fast}
+            "freeze_embeddings": cfg.freeze_embeddings, "fast": cfg.fast,
+            **({"cpu_bf16": True} if cpu_bf16_requested() else {})}  # KD_CPU_BF16 runs never mix with fp32 ones
 
 
 def new_sweep(setup: experiment.Setup, epochs: int) -> dict:

@@ -132,6 +132,15 @@ def test_a_full_mode_sweep_of_another_setup_is_never_overwritten(tmp_path, calls
     assert distill_results.read_bytes() == kept
 
 
+def test_cpu_bf16_runs_never_join_an_fp32_sweep(tmp_path, calls, monkeypatch):
+    path = tmp_path / "sweep.json"
+    monkeypatch.delenv("KD_CPU_BF16", raising=False)
+    sweep.run_sweep(fake_setup(fast=False), **GRID, epochs=1, results_path=path, log=lambda *_: None)
+    monkeypatch.setenv("KD_CPU_BF16", "1")
+    with pytest.raises(KDError, match=r"differs in: cpu_bf16"):
+        sweep.run_sweep(fake_setup(fast=False), **GRID, epochs=1, results_path=path, log=lambda *_: None)
+
+
 def test_a_fast_mode_sweep_of_another_setup_is_replaced(tmp_path, calls):
     path = tmp_path / "sweep_results_fast.json"
     sweep.run_sweep(fake_setup(), **GRID, epochs=1, results_path=path, log=lambda *_: None)

@@ -197,6 +197,10 @@ def test_pure_plots_draw_labelled_axes():
     np.testing.assert_allclose(axes[2].collections[1].get_offsets()[0], [5.0, 0.85])
     plots.plot_heatmap(axes[3], [[0.8, np.nan], [0.7, 0.9]], [2.0, 4.0], [0.5, 0.9], highlight=(4.0, 0.9))
     assert "–" in [t.get_text() for t in axes[3].texts] and axes[3].patches[0].get_xy() == (0.5, 0.5)
+    axes[3].clear()  # centred on a reference: equal is the scale's middle, and the scale spans >= 4 points
+    plots.plot_heatmap(axes[3], [[0.80, 0.805], [0.79, 0.80]], [2.0, 4.0], [0.5, 0.9], reference=0.80)
+    norm = axes[3].images[0].norm
+    assert (norm.vmin, norm.vmax) == pytest.approx((0.78, 0.82)) and norm(0.80) == pytest.approx(0.5)
     plots.plot_step_losses(axes[4], [])
     plots.plot_accuracy_curves(axes[5], [{"epoch": 1, "accuracy": 0.7}], teacher_accuracy=0.9, baseline_accuracy=0.6)
     for ax in axes:
