@@ -276,7 +276,7 @@ def training_explorer(sweep_results: dict | str | Path, setup=None) -> TrainingE
 def _figure() -> Figure:
     # fixed margins: constrained layout would double the cost of every re-plot
     fig = Figure(figsize=(15, 4.2), dpi=72)
-    fig.subplots_adjust(left=0.05, right=0.99, bottom=0.13, top=0.92, wspace=0.22)
+    fig.subplots_adjust(left=0.05, right=0.99, bottom=0.13, top=0.86, wspace=0.22)  # room for 2-line titles
     return fig
 
 
