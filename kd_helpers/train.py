@@ -62,7 +62,7 @@ def get_teacher_logits(teacher_model, batch: dict, device: torch.device) -> torc
 def autocast(device: torch.device, cpu_bf16: bool = False):
     """bf16 autocast on CUDA; on the CPU only if ``cpu_bf16``; full precision on MPS.
 
-    ``train_epoch`` sets ``cpu_bf16`` from ``KD_CPU_BF16=1``: an opt-in, because it pays only on CPUs with bf16
+    ``train_epoch`` sets ``cpu_bf16`` from ``KD_CPU_BF16=1``: an opt-in, measured to pay on a CPU with bf16
     instructions (1.3x the samples/s at the same accuracy on an AVX512-BF16 CPU, benchmarks/README.md) and its
     results differ from fp32 in the last digits. Teacher training, teacher logits and evaluation stay in fp32.
     """
