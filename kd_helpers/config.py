@@ -19,9 +19,14 @@ FAST_TRAIN_ROWS, FAST_VAL_ROWS = 400, 200
 DEFAULT_LR = {"base": 5e-5, "compact": 2e-4}
 
 
+def env_flag(name: str) -> bool:
+    """True when the environment variable ``name`` is 1/true/yes/on."""
+    return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
 def fast_mode() -> bool:
     """True when ``KD_FAST`` is set to 1/true/yes: tests, CI and quick looks use the small run."""
-    return os.environ.get("KD_FAST", "").strip().lower() in {"1", "true", "yes", "on"}
+    return env_flag("KD_FAST")
 
 
 def cache_dir() -> Path:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import inspect
 import math
-import os
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
+from kd_helpers.config import env_flag
 from kd_helpers.errors import NonFiniteLossError
 from kd_helpers.loss import DistillationLoss
 
@@ -75,7 +75,7 @@ def autocast(device: torch.device, cpu_bf16: bool = False):
 
 def cpu_bf16_requested() -> bool:
     """True when ``KD_CPU_BF16`` is 1/true/yes/on."""
-    return os.environ.get("KD_CPU_BF16", "").strip().lower() in {"1", "true", "yes", "on"}
+    return env_flag("KD_CPU_BF16")
 
 
 def train_epoch(student_model, teacher_model, train_loader, optimizer, scheduler, criterion, device,
