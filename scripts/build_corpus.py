@@ -2,6 +2,10 @@
 
 Usage: python scripts/build_corpus.py BATCH.csv [BATCH.csv ...]
 Writes kd_helpers/data/reviews/train.csv and validation.csv (80/20, stratified by label, seeded).
+
+       python scripts/build_corpus.py --test BATCH.csv [BATCH.csv ...]
+Writes kd_helpers/data/reviews/test.csv from batches written later, for the test split alone: a row whose
+normalised text is already in train.csv or validation.csv (or earlier in the batches) is dropped.
 """
 
 from __future__ import annotations
@@ -20,7 +24,35 @@ def normalise(text: str) -> str:
     return " ".join(re.sub(r"[^a-z0-9' ]+", " ", text.lower()).split())
 
 
+def read_split(name: str) -> list[tuple[str, int]]:
+    with open(OUT / f"{name}.csv", newline="", encoding="utf-8") as fh:
+        return [(r["text"], int(r["label"])) for r in csv.DictReader(fh)]
+
+
+def build_test(paths: list[str]) -> None:
+    seen = {normalise(text) for name in ("train", "validation") for text, _ in read_split(name)}
+    rows, dropped = [], 0
+    for path in paths:
+        with open(path, newline="", encoding="utf-8") as fh:
+            for record in csv.DictReader(fh):
+                text = " ".join(record["text"].strip().lower().split())
+                key = normalise(text)
+                if not key or key in seen or record["label"] not in {"0", "1"}:
+                    dropped += 1
+                    continue
+                seen.add(key)
+                rows.append((text, int(record["label"])))
+    random.Random(17).shuffle(rows)
+    with open(OUT / "test.csv", "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["text", "label"])
+        writer.writerows(rows)
+    print(f"{len(rows)} test rows ({dropped} dropped as duplicates or bad labels)")
+
+
 def main(paths: list[str]) -> None:
+    if paths and paths[0] == "--test":
+        return build_test(paths[1:])
     seen, rows = set(), []
     for path in paths:
         with open(path, newline="", encoding="utf-8") as fh:

@@ -38,12 +38,13 @@ def stats(rows: list[tuple[str, int]]) -> dict:
         "vocabulary": len({w.strip(".,;:!?\"'()-") for t in tokens for w in t} - {""}),
         "distinct_bigram_ratio": len(set(bigrams)) / len(bigrams),
         "hard_share": sum(bool(HARD.search(text)) for text, _ in rows) / len(rows),
+        "long_share": sum(n >= 25 for n in words) / len(rows),
     }
 
 
 if __name__ == "__main__":
-    splits = {name: load(name) for name in ("train", "validation")}
-    splits["all"] = splits["train"] + splits["validation"]
+    splits = {name: load(name) for name in ("train", "validation", "test")}
+    splits["all"] = splits["train"] + splits["validation"] + splits["test"]
     for name, rows in splits.items():
         s = stats(rows)
         print(f"{name:10s} " + "  ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in s.items()))

@@ -20,17 +20,17 @@ def normalise(text: str) -> str:
 
 @pytest.fixture(scope="module")
 def splits():
-    return {name: load(name) for name in ("train", "validation")}
+    return {name: load(name) for name in ("train", "validation", "test")}
 
 
 def test_installed_with_the_package():
     assert corpus_dir().resolve() == FOLDER.resolve()
-    for name in ("train.csv", "validation.csv", "README.md"):
+    for name in ("train.csv", "validation.csv", "test.csv", "README.md"):
         assert (corpus_dir() / name).is_file()
 
 
 def test_header_and_encoding():
-    for name in ("train.csv", "validation.csv"):
+    for name in ("train.csv", "validation.csv", "test.csv"):
         raw = (FOLDER / name).read_bytes()
         raw.decode("utf-8")
         with open(FOLDER / name, newline="", encoding="utf-8") as fh:
@@ -40,10 +40,16 @@ def test_header_and_encoding():
 def test_sizes_labels_text(splits):
     assert len(splits["train"]) >= 2400
     assert len(splits["validation"]) >= 600
+    assert len(splits["test"]) >= 600
     for rows in splits.values():
         assert {label for _, label in rows} == {0, 1}
         assert all(text.strip() and text == text.lower() for text, _ in rows)
-        assert all(2 <= len(text.split()) <= 45 for text, _ in rows)
+        assert all(2 <= len(text.split()) <= 60 for text, _ in rows)
+
+
+def test_test_split_has_long_reviews(splits):
+    """Real reviews run long: at least 10 % of the test rows have 25 words or more."""
+    assert stats(splits["test"])["long_share"] >= 0.10
 
 
 def test_balance(splits):
@@ -59,10 +65,11 @@ def test_no_duplicates_or_leakage(splits):
         assert len(keys) == len(set(keys)), f"normalised duplicates inside {name}"
         seen[name] = set(keys)
     assert not seen["train"] & seen["validation"], "validation rows leak into train"
+    assert not seen["test"] & (seen["train"] | seen["validation"]), "test rows leak into train or validation"
 
 
 def test_variety_and_difficulty(splits):
-    s = stats(splits["train"] + splits["validation"])
+    s = stats(splits["train"] + splits["validation"] + splits["test"])
     assert s["vocabulary"] >= 3000
     assert s["distinct_bigram_ratio"] >= 0.5  # slot-filled templates score far lower
     assert s["hard_share"] >= 0.20
