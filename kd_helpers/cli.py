@@ -9,8 +9,13 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 
 from kd_helpers.config import PRESETS, STUDENTS, KDConfig, fast_mode
+
+SWEEP_SEEDS, SWEEP_STEPS, SWEEP_FRACTION = (1, 2, 3), 800, 0.1  # kd_helpers.sweep's defaults (asserted in tests)
+COMPARE_STEPS = 2000  # all labels + transfer set: CE-only has plateaued by then, KD still learns (README)
+FAST_STEPS = 40
 from kd_helpers.errors import KDError, NonFiniteLossError
 
 EXIT_BAD_INPUT, EXIT_INTERRUPTED = 2, 130
@@ -46,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, mps")
     d.add_argument("--fast", action="store_true", help="small subset, 1 epoch, compact student (also KD_FAST=1)")
     d.add_argument("--no-baseline", action="store_true", help="skip the CE-only student")
+    d.add_argument("--no-small-student", action="store_true",
+                   help="skip the tiny student + transfer set vs CE-only comparison (3 seeds)")
 
     e = commands.add_parser("evaluate", help="accuracy of a saved model on a data file")
     e.add_argument("--model", required=True, help="a folder saved by distill (e.g. outputs/student)")
@@ -53,24 +60,38 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-size", type=int, default=64)
     e.add_argument("--max-length", type=int, default=128)
     e.add_argument("--json", action="store_true", help="end with one JSON line: accuracy, n")
-    s = commands.add_parser("sweep", help="temperature x alpha grid (+ the alpha=0 baseline), cached and resumable")
+    s = commands.add_parser("sweep", help="temperature x alpha grid (+ the CE-only baseline) over seeds, "
+                            "tiny student + transfer set; cached and resumable")
     s.add_argument("--temperatures", type=float, nargs="+", default=[1.0, 2.0, 4.0, 8.0])
     s.add_argument("--alphas", type=float, nargs="+", default=[0.3, 0.5, 0.7, 0.9])
-    s.add_argument("--epochs", type=int, default=2, help="2 keeps the full 4 x 4 sweep near 15 minutes on 2 cores")
-    s.add_argument("--student", choices=STUDENTS, default="compact")
+    s.add_argument("--seeds", type=int, nargs="+", default=list(SWEEP_SEEDS))
+    s.add_argument("--steps", type=int, default=None, help=f"optimizer steps per run (default {SWEEP_STEPS})")
+    s.add_argument("--fraction", type=float, default=SWEEP_FRACTION, help="share of training labels known")
+    s.add_argument("--student", choices=STUDENTS, default="tiny")
     s.add_argument("--results", default=None, help="results JSON (default: the one notebook 04 ships with)")
-    s.add_argument("--fast", action="store_true", help="small subset, 1 epoch (also KD_FAST=1)")
+    s.add_argument("--summary", action="store_true", help="print the stored sweep's summary; train nothing")
+    s.add_argument("--json", action="store_true", help="with --summary: end with one JSON line")
+    s.add_argument("--fast", action="store_true", help="small subset, few steps (also KD_FAST=1)")
+
+    c = commands.add_parser("compare", help="KD vs CE-only vs augmentation-only for the tiny student over seeds, "
+                            "on the test split, with paired tests")
+    c.add_argument("--fractions", type=float, nargs="+", default=[1.0],
+                   help="share of training labels known, one regime each (default: 1.0, all labels)")
+    c.add_argument("--seeds", type=int, nargs="+", default=list(SWEEP_SEEDS))
+    c.add_argument("--steps", type=int, default=None, help=f"optimizer steps per student (default {COMPARE_STEPS})")
+    c.add_argument("--methods", nargs="+", default=["kd", "ce", "aug_ce"], choices=["kd", "ce", "aug_ce"])
+    c.add_argument("--temperature", type=float, default=4.0)
+    c.add_argument("--alpha", type=float, default=0.7, help="weight of the KL term on labelled rows")
+    c.add_argument("--output-dir", default="outputs")
+    c.add_argument("--fast", action="store_true", help="small subset, few steps (also KD_FAST=1)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.command == "sweep":
-            from kd_helpers.sweep import cmd_sweep
-
-            return cmd_sweep(args)
-        return cmd_distill(args) if args.command == "distill" else cmd_evaluate(args)
+        commands = {"distill": cmd_distill, "evaluate": cmd_evaluate, "sweep": cmd_sweep, "compare": cmd_compare}
+        return commands[args.command](args)
     except KDError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -89,14 +110,18 @@ def cmd_distill(args) -> int:
                       temperature=args.temperature, alpha=args.alpha, epochs=args.epochs,
                       batch_size=args.batch_size, lr=args.lr, max_length=args.max_length, seed=args.seed,
                       output_dir=args.output_dir, device=args.device, fast=args.fast or fast_mode(),
-                      baseline=not args.no_baseline)
+                      baseline=not args.no_baseline, small_student=not args.no_small_student)
     print(f"kd_helpers distill: preset={config.preset} student={config.student} data={config.data} "
           f"mode={'fast' if config.fast else 'full'}")
     results = run_experiment(config)
     print()
     print(format_table(results))
-    print(f"\nSaved {os.path.join(config.output_dir, 'results.json')}"
-          + ("" if results["interrupted"] else f" and {os.path.join(config.output_dir, 'student')}/"))
+    saved = [os.path.join(config.output_dir, "results.json")]
+    if not results["interrupted"]:
+        saved.append(os.path.join(config.output_dir, "student") + "/")
+        if results.get("small_student"):
+            saved.append(results["small_student"]["saved_to"] + "/")
+    print(f"\nSaved {', '.join(saved)}")
     return EXIT_INTERRUPTED if results["interrupted"] else 0
 
 
@@ -122,6 +147,87 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_sweep(args) -> int:
+    """``python -m kd_helpers sweep``: prepare once, run the grid over seeds, print the accuracy table."""
+    from kd_helpers import experiment, sweep, transfer
+
+    sweep.check_grid(args.temperatures, args.alphas)
+    config = KDConfig(student=args.student, fast=args.fast or fast_mode())
+    path = Path(args.results) if args.results else sweep.default_results_path(config)
+    if args.summary:
+        if not path.exists():
+            raise KDError(f"{path}: no sweep results here; run `python -m kd_helpers sweep` first")
+        results = sweep.load_sweep(path)
+        print(sweep.format_grid(results))
+        shape = sweep.structure(results)
+        if shape:
+            print(f"Spread of cell means: {100 * shape['range']:.1f} points (sd {100 * shape['sd_of_means']:.1f}); "
+                  f"mean per-cell SE {100 * shape['mean_se']:.2f} points; ratio {shape['range_over_se']:.1f}")
+        if args.json:
+            print(json.dumps(sweep.summary(results)))
+        return 0
+    steps = args.steps or (FAST_STEPS if config.fast else SWEEP_STEPS)
+    print(f"kd_helpers sweep: student={config.student} mode={'fast' if config.fast else 'full'} steps={steps} "
+          f"seeds={args.seeds} labels known={args.fraction:g} results={path}")
+    setup = experiment.prepare(config)
+    ts = transfer.prepare_transfer(setup, fraction=args.fraction)
+    results = sweep.run_sweep(ts, args.temperatures, args.alphas, path, seeds=args.seeds, steps=steps)
+    print()
+    print(sweep.format_grid(results))
+    print(f"\nSaved {path}")
+    return EXIT_INTERRUPTED if results["interrupted"] else 0
+
+
+def cmd_compare(args) -> int:
+    """``python -m kd_helpers compare``: the three students over seeds, per label regime, on the test split."""
+    from kd_helpers import experiment, transfer
+    from kd_helpers.cache import atomic_write_json
+
+    config = KDConfig(student="tiny", temperature=args.temperature, alpha=args.alpha, output_dir=args.output_dir,
+                      fast=args.fast or fast_mode())
+    steps = args.steps or (FAST_STEPS if config.fast else COMPARE_STEPS)
+    setup = experiment.prepare(config)
+    report = {"config": config.to_dict(), "environment": experiment.environment(), "regimes": []}
+    for fraction in args.fractions:
+        ts = transfer.prepare_transfer(setup, fraction=fraction)
+        print(f"\nLabels known: {fraction:.0%} ({len(ts.labelled_ids)} rows); transfer rows: {len(ts.transfer_ids)}; "
+              f"{steps} steps of {config.batch_size} for every student")
+        result = transfer.compare_methods(ts, args.seeds, steps, methods=tuple(args.methods),
+                                          temperature=args.temperature, alpha=args.alpha)
+        result.pop("students")
+        report["regimes"].append(result)
+        print(format_comparison(result))
+    report["teacher_test_accuracy"] = experiment.teacher_test_accuracy(setup)
+    out = Path(args.output_dir) / "compare.json"
+    atomic_write_json(out, report)
+    print(f"\nTeacher test accuracy: {100 * report['teacher_test_accuracy']:.1f} %\nSaved {out}")
+    return 0
+
+
+def format_comparison(result: dict) -> str:
+    """Mean ± sd test accuracy per student, the paired tests against CE-only, accuracy by review length."""
+    from kd_helpers.stats import fmt_mean_sd
+
+    names = {"kd": "KD + transfer set", "ce": "CE-only (labels)", "aug_ce": "CE on augmented rows (no teacher)"}
+    buckets = list(result["bucket_rows"])
+    lines = ["| student | test accuracy (mean ± sd) | per seed | vs CE-only: difference, 95 % CI, pooled McNemar p | "
+             + " | ".join(f"{b} words ({result['bucket_rows'][b]} rows)" for b in buckets) + " |",
+             "|---|---|---|---|" + "---|" * len(buckets)]
+    for method, record in result["methods"].items():
+        accs = record["test_accuracy"]
+        test = result["tests"].get(method)
+        versus = "-"
+        if test:
+            boot = test["bootstrap"]
+            versus = (f"{100 * test['difference_mean']:+.1f} points [{100 * boot['low']:+.1f}, {100 * boot['high']:+.1f}], "
+                      f"p = {test['mcnemar_pooled']['p_value']:.2g} (per seed: "
+                      + ", ".join(f"{t['p_value']:.2g}" for t in test["mcnemar_per_seed"]) + ")")
+        lines.append(f"| {names.get(method, method)} | {fmt_mean_sd(accs)} | "
+                     + ", ".join(f"{100 * a:.1f}" for a in accs) + f" | {versus} | "
+                     + " | ".join(f"{100 * result['by_length'][method][b]:.1f} %" for b in buckets) + " |")
+    return "\n".join(lines)
+
+
 def format_table(results: dict) -> str:
     """The four headline accuracies first, then every metric per model (Markdown)."""
     head = ["Teacher", "Student before", "Student after (KD)", "Student CE-only"]
@@ -139,7 +245,38 @@ def format_table(results: dict) -> str:
         lines += ["", "| metric | " + " | ".join(title for _, title in names) + " |", "|---|" + "---|" * len(names)]
         for key, label, fmt in rows:
             lines.append(f"| {label} | " + " | ".join(fmt(models[name][key]) for name, _ in names) + " |")
+    small = results.get("small_student")
+    if small:
+        lines += ["", format_small_student(small)]
     return "\n".join(lines)
+
+
+def format_small_student(small: dict) -> str:
+    """The tiny student's KD vs CE-only table (test split, mean ± sd over seeds, paired test, size and speed)."""
+    from kd_helpers.stats import fmt_mean_sd
+
+    ci = small["difference_ci"]
+    teacher = small["teacher_test_accuracy"]
+    kd_mean = sum(small["kd_test_accuracy"]) / len(small["kd_test_accuracy"])
+    lat, thr = small["latency_ms_batch1"], small["throughput_batch32"]
+    return "\n".join([
+        f"Tiny student ({small['student_params'] / 1e6:.1f} M parameters, {small['student_params'] / small['teacher_params']:.0%} "
+        f"of the teacher's {small['teacher_params'] / 1e6:.1f} M), {small['fraction']:.0%} of the training labels "
+        f"({small['labelled_rows']} rows; the teacher was trained on all of them), transfer set of "
+        f"{small['transfer_rows']} rows, {small['steps']} steps of {small['batch_size']} for each student, "
+        f"seeds {small['seeds']}, test split:",
+        "",
+        "| Teacher | KD + transfer set | CE-only | difference [95 % CI] | paired McNemar p (pooled; per seed) |",
+        "|---|---|---|---|---|",
+        f"| {100 * teacher:.1f} % | {fmt_mean_sd(small['kd_test_accuracy'])} | {fmt_mean_sd(small['ce_test_accuracy'])} | "
+        f"{100 * ci['difference']:+.1f} points [{100 * ci['low']:+.1f}, {100 * ci['high']:+.1f}] | "
+        f"{small['paired_p_value']:.2g}; " + ", ".join(f"{p:.2g}" for p in small["per_seed_p_values"]) + " |",
+        "",
+        f"KD student / teacher: {kd_mean / teacher:.1%} of its test accuracy; latency at batch 1 "
+        f"{lat['student']:.1f} vs {lat['teacher']:.1f} ms ({lat['teacher'] / lat['student']:.1f}x faster); "
+        f"throughput at batch 32 {thr['student']:.0f} vs {thr['teacher']:.0f} rows/s "
+        f"({thr['student'] / thr['teacher']:.1f}x).",
+    ])
 
 
 def _pct(value) -> str:

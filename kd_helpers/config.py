@@ -12,11 +12,11 @@ import torch
 from kd_helpers.errors import KDError
 
 PRESETS = ("minilm", "distilbert-sst2")
-STUDENTS = ("base", "compact")
+STUDENTS = ("base", "compact", "tiny")
 FAST_TRAIN_ROWS, FAST_VAL_ROWS = 400, 200
 # Student learning rate when none is given: the reference's 5e-5 for the same-size student; the 2-layer
 # compact student needs more (embedded corpus, 2 epochs, CE-only: 64.0 % at 5e-5, 76.7 % at 2e-4).
-DEFAULT_LR = {"base": 5e-5, "compact": 2e-4}
+DEFAULT_LR = {"base": 5e-5, "compact": 2e-4, "tiny": 5e-4}
 
 
 def env_flag(name: str) -> bool:
@@ -60,7 +60,7 @@ class KDConfig:
     """
 
     preset: str = "minilm"
-    student: str = "base"  # "base": same architecture, fresh head; "compact": 2 layers taken from the base
+    student: str = "base"  # "base": same architecture; "compact": 2 of its layers; "tiny": 1 layer, 3.9 M params
     data: str | None = None  # "reviews" (embedded corpus), "sst2" or a local file/folder; None: the preset's
     temperature: float = 4.0
     alpha: float = 0.7
@@ -77,6 +77,7 @@ class KDConfig:
     device: str = "auto"
     fast: bool = False
     baseline: bool = True  # also train the CE-only student (alpha = 0) at the same budget
+    small_student: bool = True  # distill: also the tiny student + transfer set vs CE-only, over 3 seeds
     group_by_length: bool = True
     freeze_embeddings: bool = False
     teacher: str | None = None  # override the preset's teacher (model id or directory)
@@ -89,13 +90,14 @@ class KDConfig:
         if self.lr is None:
             self.lr = DEFAULT_LR.get(self.student, DEFAULT_LR["base"])
         self.validate()  # the user's values first, so that fast mode cannot hide a bad one
-        if self.fast:  # same code path, shrunk: a few hundred rows, one student epoch, the compact student
-            self.student = "compact"
+        if self.fast:  # same code path, shrunk: a few hundred rows, one student epoch, a small student
+            self.student = "compact" if self.student == "base" else self.student
             self.epochs = 1
             self.teacher_epochs = 3
             self.batch_size = 16
             self.teacher_lr = 1e-4
-            self.lr = 3e-4  # 25 steps at 1e-4 leave the compact student on its starting plateau
+            # 25 steps at 1e-4 leave the compact student on its starting plateau
+            self.lr = 3e-4 if self.student == "compact" else DEFAULT_LR[self.student]
             self.train_rows = min(self.train_rows or FAST_TRAIN_ROWS, FAST_TRAIN_ROWS)
             self.val_rows = min(self.val_rows or FAST_VAL_ROWS, FAST_VAL_ROWS)
         self.validate()

@@ -18,7 +18,6 @@ from datasets import Dataset, DatasetDict, load_dataset
 from datasets.utils.logging import disable_progress_bar
 from torch.utils.data import DataLoader
 from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
-from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from kd_helpers.errors import KDError
 
@@ -34,22 +33,23 @@ def corpus_dir() -> Path:
 
 
 def load_splits(data: str = "reviews", seed: int = 42, num_classes: int = 2) -> DatasetDict:
-    """``train`` and ``validation`` splits with columns ``text`` and ``label``.
+    """``train`` and ``validation`` splits (and ``test`` where there is one), columns ``text`` and ``label``.
 
-    ``data`` is ``"reviews"`` (embedded corpus), ``"sst2"`` (GLUE SST-2 from the Hub), a folder holding
-    ``train.*`` and ``validation.*`` files, or one file (then 20 % of it, seeded, becomes validation).
+    ``data`` is ``"reviews"`` (embedded corpus: train, validation, test), ``"sst2"`` (GLUE SST-2 from the Hub),
+    a folder holding ``train.*`` and ``validation.*`` (and optionally ``test.*``) files, or one file (then
+    20 % of it, seeded, becomes validation). Validation selects; only the test split reports final numbers.
     """
     if data == "reviews":
         folder = corpus_dir()
-        return DatasetDict(
-            train=load_table(folder / "train.csv", num_classes),
-            validation=load_table(folder / "validation.csv", num_classes),
-        )
+        return DatasetDict({split: load_table(folder / f"{split}.csv", num_classes)
+                            for split in ("train", "validation", "test")})
     if data == "sst2":
         return load_sst2()
     path = Path(data).expanduser()
     if path.is_dir():
         found = {split: _find_split(path, split) for split in ("train", "validation")}
+        if (test := _find_split(path, "test", required=False)) is not None:
+            found["test"] = test
         return DatasetDict({split: load_table(file, num_classes) for split, file in found.items()})
     table = load_table(path, num_classes)
     if len(table) < 10:
@@ -117,16 +117,54 @@ def tokenize(ds: Dataset, tokenizer: PreTrainedTokenizerBase, max_length: int = 
 
 def make_loader(tokenized: Dataset, tokenizer: PreTrainedTokenizerBase, batch_size: int = 32,
                 shuffle: bool = False, seed: int = 42, group_by_length: bool = False) -> DataLoader:
-    """Batches padded to their own longest row (dynamic padding); optionally grouped by length."""
+    """Batches padded to their own longest row (dynamic padding).
+
+    - ``shuffle=False`` (inference: teacher passes, evaluation): rows sorted by length, so each batch pads
+      little; callers place results back by each row's ``idx``.
+    - ``shuffle=True``: a fresh random order every epoch; with ``group_by_length`` rows of similar length
+      share a batch *within chunks* of :data:`CHUNK_BATCHES` batches, and the batches are shuffled
+      (:class:`ChunkedLengthSampler`): most of the padding saving, none of the stalls of a global sort.
+    """
     collator = DataCollatorWithPadding(tokenizer, return_tensors="pt")
-    generator = torch.Generator().manual_seed(seed)
-    sampler = None
-    if shuffle and group_by_length:
-        lengths = [len(ids) for ids in tokenized["input_ids"]]
-        sampler = LengthGroupedSampler(batch_size, lengths=lengths, generator=generator)
-        shuffle = False
-    return DataLoader(tokenized, batch_size=batch_size, shuffle=shuffle, sampler=sampler,
-                      collate_fn=collator, generator=generator if shuffle else None)
+    lengths = [len(ids) for ids in tokenized["input_ids"]]
+    if not shuffle:
+        order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+        batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+        return DataLoader(tokenized, batch_sampler=batches, collate_fn=collator)
+    chunk = CHUNK_BATCHES if group_by_length else 1
+    sampler = ChunkedLengthSampler(lengths, batch_size, chunk_batches=chunk, seed=seed)
+    return DataLoader(tokenized, batch_sampler=sampler, collate_fn=collator)
+
+
+CHUNK_BATCHES = 8  # chosen by measurement: benchmarks/README.md, "Length grouping"
+
+
+class ChunkedLengthSampler:
+    """Shuffle, cut into chunks of ``chunk_batches`` batches, sort each chunk by length, shuffle the batches.
+
+    ``chunk_batches=1`` is plain random batching. Each epoch (each ``iter``) draws a new order from a
+    generator seeded once, so runs with the same seed see the same batches.
+    """
+
+    def __init__(self, lengths: list[int], batch_size: int, chunk_batches: int = CHUNK_BATCHES, seed: int = 42):
+        self.lengths, self.batch_size, self.chunk_batches = list(lengths), batch_size, chunk_batches
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return -(-len(self.lengths) // self.batch_size)
+
+    def __iter__(self):
+        order = torch.randperm(len(self.lengths), generator=self.generator).tolist()
+        size = self.batch_size * self.chunk_batches
+        batches = []
+        for start in range(0, len(order), size):
+            chunk = order[start:start + size]
+            if self.chunk_batches > 1:
+                chunk.sort(key=lambda i: self.lengths[i])
+            batches += [chunk[i:i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
+        if self.chunk_batches > 1:
+            batches = [batches[i] for i in torch.randperm(len(batches), generator=self.generator).tolist()]
+        yield from batches
 
 
 def fingerprint(ds: Dataset) -> str:
@@ -142,11 +180,13 @@ def fingerprint(ds: Dataset) -> str:
 # --- checks -------------------------------------------------------------------------------------------
 
 
-def _find_split(folder: Path, split: str) -> Path:
+def _find_split(folder: Path, split: str, required: bool = True) -> Path | None:
     for suffix in FORMATS:
         candidate = folder / f"{split}{suffix}"
         if candidate.is_file():
             return candidate
+    if not required:
+        return None
     raise KDError(f"{folder}: no {split}.csv, {split}.tsv or {split}.jsonl in this folder")
 
 

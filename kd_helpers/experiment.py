@@ -53,6 +53,7 @@ class Setup:
     val_loader: object
     teacher_val_loader: object
     cached_teacher: CachedTeacher
+    teacher_id: str = ""  # what the teacher-logit caches are keyed by
     timings: dict = field(default_factory=dict)
 
     def train_loader(self, seed: int | None = None, batch_size: int | None = None):
@@ -78,6 +79,8 @@ def prepare(config: KDConfig, log=print, progress: bool = True) -> Setup:
     splits = kd_data.load_splits(config.data, seed=config.seed)
     splits["train"] = kd_data.subsample(splits["train"], config.train_rows, config.seed)
     splits["validation"] = kd_data.subsample(splits["validation"], config.val_rows, config.seed)
+    if "test" in splits:
+        splits["test"] = kd_data.subsample(splits["test"], config.val_rows, config.seed)
     base_source, teacher_source = sources(config)
     tokenizer = load_tokenizer(base_source)
     base = load_classifier(base_source, num_labels=2)
@@ -113,7 +116,7 @@ def prepare(config: KDConfig, log=print, progress: bool = True) -> Setup:
                                    device=device, log=log)
     timings["teacher_logits_s"] = time.perf_counter() - start
     return Setup(config, device, splits, tokenizer, base, teacher, teacher_tokenizer, info, train_set, val_set,
-                 val_loader, teacher_val_loader, cached, timings)
+                 val_loader, teacher_val_loader, cached, teacher_id, timings)
 
 
 def new_student(setup: Setup, kind: str | None = None, seed: int | None = None):
@@ -187,6 +190,11 @@ def run_experiment(config: KDConfig, log=print, progress: bool = True) -> dict:
         log("\nMeasuring agreement, calibration, size and latency...")
         results["models"] = compare_models(setup, before, student, ce_student)
         results["timings"]["metrics_s"] = time.perf_counter() - start
+
+        if config.small_student and "test" in setup.splits:
+            start = time.perf_counter()
+            results["small_student"] = small_student_run(setup, out / "student_small", log=log)
+            results["timings"]["small_student_s"] = time.perf_counter() - start
     except KeyboardInterrupt:
         results["interrupted"] = True
         log("Interrupted: saving what finished.")
@@ -217,6 +225,54 @@ def compare_models(setup: Setup, before, student_kd, student_ce=None) -> dict:
         report[name] = model_report(logits, labels, teacher_predictions, model, batch1, batch32, repeats)
         model.to(setup.device if not name.endswith("int8") else "cpu")
     return report
+
+
+def small_student_run(setup: Setup, save_to: Path, fraction: float = 0.1, seeds=(1, 2, 3),
+                      steps: int | None = None, log=print) -> dict:
+    """Where KD pays: the tiny student, KD + transfer set vs CE-only, over seeds, on the test split.
+
+    The teacher was fine-tuned on *all* training labels; the students see only ``fraction`` of them (as when a
+    teacher comes from elsewhere). The first seed's KD student is saved to ``save_to``.
+    """
+    from kd_helpers import transfer
+    from kd_helpers.metrics import latency
+    from kd_helpers.models import count_parameters
+
+    steps = steps or (40 if setup.config.fast else 800)
+    log(f"\nThe regime where distillation pays: tiny student, {fraction:.0%} of the labels known, a transfer set "
+        f"labelled by the teacher, {len(seeds)} seeds, {steps} steps each...")
+    ts = transfer.prepare_transfer(setup, fraction=fraction, log=log)
+    comparison = transfer.compare_methods(ts, list(seeds), steps, methods=("kd", "ce"),
+                                          temperature=setup.config.temperature, alpha=setup.config.alpha, log=log)
+    kd_student = comparison.pop("students")["kd"]
+    _save_student(kd_student, setup.tokenizer, save_to)
+    texts = setup.splits["test"]["text"]
+    batch1 = setup.tokenizer(texts[:1], return_tensors="pt")
+    batch32 = setup.tokenizer(texts[:32], return_tensors="pt", padding=True)
+    speed = {name: latency(model, batch1, batch32) for name, model in (("student", kd_student),
+                                                                       ("teacher", setup.teacher))}
+    setup.teacher.to(setup.device)
+    test = comparison["tests"]["kd"]
+    return {"seeds": list(seeds), "fraction": fraction, "steps": steps, "batch_size": setup.config.batch_size,
+            "labelled_rows": comparison["labelled_rows"], "transfer_rows": comparison["transfer_rows"],
+            "kd_test_accuracy": comparison["methods"]["kd"]["test_accuracy"],
+            "ce_test_accuracy": comparison["methods"]["ce"]["test_accuracy"],
+            "paired_p_value": test["mcnemar_pooled"]["p_value"],
+            "per_seed_p_values": [t["p_value"] for t in test["mcnemar_per_seed"]],
+            "difference_ci": test["bootstrap"], "by_length": comparison["by_length"],
+            "teacher_test_accuracy": teacher_test_accuracy(setup),
+            "student_params": count_parameters(kd_student), "teacher_params": count_parameters(setup.teacher),
+            "latency_ms_batch1": {k: v["latency_ms_batch1"] for k, v in speed.items()},
+            "throughput_batch32": {k: v["throughput_batch32"] for k, v in speed.items()},
+            "saved_to": str(save_to)}
+
+
+def teacher_test_accuracy(setup: Setup) -> float | None:
+    """The teacher's accuracy on the test split (None when the data has none)."""
+    if "test" not in setup.splits:
+        return None
+    test = kd_data.tokenize(setup.splits["test"], setup.teacher_tokenizer, setup.config.max_length)
+    return evaluate_model(setup.teacher, kd_data.make_loader(test, setup.teacher_tokenizer, 64), setup.device)
 
 
 def environment() -> dict:

@@ -10,6 +10,8 @@ from torch.nn import functional as F
 
 from kd_helpers.errors import KDError
 
+UNLABELLED = -1  # the label of a transfer-set row: it has none, only the teacher's logits
+
 
 class DistillationLoss(nn.Module):
     """``total = alpha * distill + (1 - alpha) * student``, returned as ``(total, distill, student)``.
@@ -68,3 +70,27 @@ def _check_inputs(student_logits: torch.Tensor, teacher_logits: torch.Tensor, la
     if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
         bad = labels[(labels < 0) | (labels >= num_classes)][0].item()
         raise KDError(f"label {bad} is outside [0, {num_classes}) for {num_classes}-class logits")
+
+
+def transfer_loss(criterion: DistillationLoss, student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+                  labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The loss of a batch that mixes labelled rows and transfer rows (``label == UNLABELLED``).
+
+    Labelled rows get ``criterion``'s alpha blend; transfer rows the distillation term alone (their labels do
+    not exist and are never read). ``total`` and ``distill`` average over all rows, ``student`` over the
+    labelled rows (0 when there are none).
+    """
+    known = labels != UNLABELLED
+    n, n_known = len(labels), int(known.sum())
+    zero = student_logits.new_zeros(())
+    total_k, distill_k, student_k = (criterion(student_logits[known], teacher_logits[known], labels[known])
+                                     if n_known else (zero, zero, zero))
+    distill_u = zero
+    if n_known < n:
+        T = criterion.temperature
+        soft_student = F.log_softmax(student_logits[~known] / T, dim=-1)
+        soft_teacher = F.softmax(teacher_logits[~known].detach().to(student_logits.dtype) / T, dim=-1)
+        distill_u = criterion.kl(soft_student, soft_teacher) * T**2
+    total = (n_known * total_k + (n - n_known) * distill_u) / n
+    distill = (n_known * distill_k + (n - n_known) * distill_u) / n
+    return total, distill, student_k

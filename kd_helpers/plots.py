@@ -55,14 +55,16 @@ def plot_loss_components(ax: Axes, xs: Sequence[float], components: Mapping[str,
 def plot_step_losses(ax: Axes, steps: Sequence[Mapping], label: str = "", linestyle: str = "-") -> None:
     """Per-step total, distill and student loss of one run (``TrainingRun.steps``); call again to overlay.
 
-    Colours name the components; a ``label`` adds a legend entry for this run's line style.
+    Rows with a ``step`` key are drawn at that step (the sweep keeps every 8th step, averaged over seeds);
+    rows with an ``epoch`` key get grey lines at epoch ends. Colours name the components; a ``label`` adds a
+    legend entry for this run's line style.
     """
-    ax.set(xlabel="training step (grey lines: epoch ends)", ylabel="loss", title="Loss per step")
+    ax.set(xlabel="training step", ylabel="loss", title="Loss per step")
     if not steps:
         ax.text(0.5, 0.5, f"{label or 'this configuration'}: not trained yet", ha="center", va="center",
                 transform=ax.transAxes)
         return
-    x = np.arange(1, len(steps) + 1)
+    x = np.array([s["step"] for s in steps]) if "step" in steps[0] else np.arange(1, len(steps) + 1)
     shown = set(ax.get_legend_handles_labels()[1])
     for key, name, color in COMPONENTS:
         ax.plot(x, [s[f"{key}_loss"] for s in steps], color=color, ls=linestyle, lw=1.2,
@@ -73,40 +75,55 @@ def plot_step_losses(ax: Axes, steps: Sequence[Mapping], label: str = "", linest
     for i in range(1, len(epochs)):
         if epochs[i] != epochs[i - 1]:
             ax.axvline(i + 0.5, color="lightgrey", lw=1)
+            ax.set_xlabel("training step (grey lines: epoch ends)")
     ax.legend(loc="upper right", fontsize="small")
 
 
 def plot_accuracy_curves(ax: Axes, history: Sequence[Mapping], teacher_accuracy: float | None = None,
                          baseline_accuracy: float | Sequence[Mapping] | None = None, label: str = "student",
                          linestyle: str = "-", color: str = STUDENT) -> None:
-    """Validation accuracy per epoch; the teacher and the CE-only baseline (a number or a history) for reference."""
+    """Validation accuracy per epoch (or per evaluation ``step``), with a ±1 sd band where the history has
+    ``accuracy_sd`` (a mean over seeds); the teacher and the CE-only baseline (a number or a history)."""
     if history:
-        ax.plot([h["epoch"] for h in history], [h["accuracy"] for h in history], marker="o", ls=linestyle,
-                color=color, label=label)
+        _curve(ax, history, dict(marker="o", ls=linestyle, color=color, label=label))
     if teacher_accuracy is not None:
         ax.axhline(teacher_accuracy, color=TEACHER, ls="--", label=f"teacher {teacher_accuracy:.1%}")
     if isinstance(baseline_accuracy, (int, float)):
         ax.axhline(baseline_accuracy, color="grey", ls="-.", label=f"CE-only {baseline_accuracy:.1%}")
     elif baseline_accuracy:
-        ax.plot([h["epoch"] for h in baseline_accuracy], [h["accuracy"] for h in baseline_accuracy],
-                color="grey", ls="-.", marker="s", label="CE-only (alpha = 0)")
+        _curve(ax, baseline_accuracy, dict(color="grey", ls="-.", marker="s", label="CE-only (alpha = 0)"))
     curves = [history] + ([] if isinstance(baseline_accuracy, (int, float)) else [baseline_accuracy or []])
-    shown = [h["epoch"] for curve in curves for h in curve]
-    last = int(max(shown + [ax.get_xlim()[1]])) if shown else 0
-    if 0 < last <= 12:  # whole epochs only, even for a one-epoch run
-        ax.set_xticks(range(1, last + 1))
-    ax.set(xlabel="epoch", ylabel="validation accuracy", title="Validation accuracy")
+    by_step = any("step" in h for curve in curves for h in curve)
+    if not by_step:
+        shown = [h["epoch"] for curve in curves for h in curve]
+        last = int(max(shown + [ax.get_xlim()[1]])) if shown else 0
+        if 0 < last <= 12:  # whole epochs only, even for a one-epoch run
+            ax.set_xticks(range(1, last + 1))
+    band = any("accuracy_sd" in h for curve in curves for h in curve)
+    ax.set(xlabel="training step" if by_step else "epoch",
+           ylabel="validation accuracy" + (" (mean ± 1 sd over seeds)" if band else ""),
+           title="Validation accuracy")
     ax.legend(loc="lower right", fontsize="small")
+
+
+def _curve(ax: Axes, history: Sequence[Mapping], style: dict) -> None:
+    x = np.array([h["step"] if "step" in h else h["epoch"] for h in history])
+    y = np.array([h["accuracy"] for h in history])
+    ax.plot(x, y, ms=4, **style)
+    if all("accuracy_sd" in h for h in history):
+        sd = np.array([h["accuracy_sd"] for h in history])
+        ax.fill_between(x, y - sd, y + sd, color=style.get("color"), alpha=0.15, lw=0)
 
 
 def plot_heatmap(ax: Axes, grid, temperatures: Sequence[float], alphas: Sequence[float],
                  highlight: tuple | list | None = None, title: str = "Final accuracy",
-                 reference: float | None = None, min_span: float = 0.04) -> None:
+                 reference: float | None = None, min_span: float = 0.04, significant=None) -> None:
     """``grid[i][j]`` = accuracy at ``temperatures[i]``, ``alphas[j]`` (NaN: not run); boxes mark ``highlight``.
 
     With ``reference`` (e.g. the CE-only accuracy) the colours are centred on it: teal above, brown below, white
     equal. The colour scale always spans at least ``min_span`` (4 points), so that differences within the noise
-    of a few hundred validation rows do not look like contrasts.
+    of a few hundred validation rows do not look like contrasts. ``significant`` (a boolean grid) adds a ``*``
+    to cells whose difference from the reference is beyond the noise.
     """
     grid = np.asarray(grid, dtype=float)
     finite = grid[np.isfinite(grid)]
@@ -121,7 +138,8 @@ def plot_heatmap(ax: Axes, grid, temperatures: Sequence[float], alphas: Sequence
     for (i, j), value in np.ndenumerate(grid):
         shade = float(image.norm(value)) if np.isfinite(value) else 0.5
         dark = abs(shade - 0.5) > 0.3 if reference is not None else shade < 0.5  # where black text is hard to read
-        ax.text(j, i, "–" if np.isnan(value) else f"{value:.1%}", ha="center", va="center", fontsize="small",
+        star = "*" if significant is not None and np.asarray(significant)[i, j] else ""
+        ax.text(j, i, "–" if np.isnan(value) else f"{value:.1%}{star}", ha="center", va="center", fontsize="small",
                 color="grey" if np.isnan(value) else "white" if dark else "black")
     marks = [highlight] if isinstance(highlight, tuple) else list(highlight or [])
     for (temperature, alpha), color in zip(marks, ("red", "magenta"), strict=False):

@@ -19,7 +19,7 @@ from transformers import get_linear_schedule_with_warmup
 
 from kd_helpers.config import env_flag
 from kd_helpers.errors import NonFiniteLossError
-from kd_helpers.loss import DistillationLoss
+from kd_helpers.loss import UNLABELLED, DistillationLoss, transfer_loss
 
 INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -96,7 +96,10 @@ def train_epoch(student_model, teacher_model, train_loader, optimizer, scheduler
         labels = batch["labels"].to(device)
         with autocast(device, cpu_bf16=bf16):
             student_logits = student_model(**model_inputs(student_model, batch, device)).logits
-        total, distill, student = criterion(student_logits.float(), teacher_logits, labels)
+        if (labels == UNLABELLED).any():  # transfer-set rows in the batch: soft targets only for them
+            total, distill, student = transfer_loss(criterion, student_logits.float(), teacher_logits, labels)
+        else:
+            total, distill, student = criterion(student_logits.float(), teacher_logits, labels)
         losses = {"total_loss": total.item(), "distill_loss": distill.item(), "student_loss": student.item()}
         if not all(math.isfinite(v) for v in losses.values()):
             raise NonFiniteLossError(f"non-finite loss at step {step} ({_fmt(losses)}); last finite losses: "
@@ -138,6 +141,8 @@ def predict_logits(model, loader, device, progress: bool = False, desc: str = "p
             parts.append(model(**model_inputs(model, batch, device)).logits.float().cpu())
         indices.append(batch["idx"])
     logits, idx = torch.cat(parts), torch.cat(indices)
+    if not torch.equal(idx.sort().values, torch.arange(len(idx))):
+        raise ValueError("predict_logits: the loader's idx values are not each row exactly once")
     out = torch.empty_like(logits)
     out[idx] = logits
     return out

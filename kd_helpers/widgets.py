@@ -98,11 +98,13 @@ def loss_explorer(teacher_logits=None, student_logits=None, labels=None, class_n
 
 
 class TrainingExplorer(widgets.VBox):
-    """Pick (T, alpha) on the sweep grid: loss per step, accuracy per epoch, and the accuracy heatmap.
+    """Pick (T, alpha) on the sweep grid: mean loss per step, mean accuracy curve ± 1 sd, and the heatmap.
 
-    "compare with" overlays a second configuration. "Train this configuration" trains a (T, alpha) the sweep
-    lacks with ``setup`` and stores it in the sweep file, or, when ``setup`` differs from the sweep's (say fast
-    mode against a full-mode sweep), in a side file under the cache, flagged as not comparable.
+    Every number is a mean over the seeds ticked in "seeds" (all by default). "compare with" overlays a second
+    configuration. "Train this configuration" trains a (T, alpha) the sweep lacks, for the sweep's seeds, with
+    ``setup`` (a ``transfer.TransferSetup``) and stores it in the sweep file, or, when ``setup`` differs from
+    the sweep's (say fast mode against a full-mode sweep), in a side file under the cache, flagged as not
+    comparable.
     """
 
     def __init__(self, results: dict, setup=None):
@@ -113,26 +115,32 @@ class TrainingExplorer(widgets.VBox):
         self.temperature, self.alpha = _selection("T"), _selection("alpha")
         self.temperature2, self.alpha2 = _selection("T"), _selection("alpha")
         self.compare = widgets.Checkbox(value=False, description="compare with", indent=False)
+        seeds = [str(s) for s in results.get("seeds", [])]
+        self.seeds = widgets.SelectMultiple(options=seeds, value=tuple(seeds), description="seeds", rows=3,
+                                            layout={"width": "160px"}, style=WIDE)
         self.free_temperature = widgets.BoundedFloatText(min=0.05, max=100.0, step=0.5, description="T",
                                                          layout={"width": "130px"}, style=WIDE)
         self.free_alpha = widgets.BoundedFloatText(min=0.0, max=1.0, step=0.05, description="alpha",
                                                    layout={"width": "150px"}, style=WIDE)
         self.train_button = widgets.Button(description="Train this configuration", icon="play",
                                            disabled=setup is None, layout={"width": "220px"},
-                                           tooltip="needs setup=experiment.prepare(...)" if setup is None else "")
+                                           tooltip="needs setup=transfer.prepare_transfer(...)" if setup is None else "")
         self.status, self.training_output, self.last_update_s = widgets.HTML(), widgets.Output(), 0.0
         self._quiet = False
+        self.view = results
         self._set_options()
-        best = max((r for k, r in results.get("runs", {}).items() if k != sweep.BASELINE), default=None,
-                   key=lambda r: r["accuracy"])
+        best = max((r for k, r in results.get("runs", {}).items() if k != sweep.BASELINE and r.get("per_seed")),
+                   default=None, key=lambda r: r["accuracy"])
         if best is not None:
             self.select(best["temperature"], best["alpha"])
-        for control in (self.temperature, self.alpha, self.temperature2, self.alpha2, self.compare):
+        for control in (self.temperature, self.alpha, self.temperature2, self.alpha2, self.compare, self.seeds):
             control.observe(self.update, names="value")
         self.train_button.on_click(self.train)
-        controls = widgets.VBox([widgets.HBox([self.temperature, self.alpha]),
-                                 widgets.HBox([self.compare, self.temperature2, self.alpha2]),
-                                 widgets.HBox([self.free_temperature, self.free_alpha, self.train_button])])
+        controls = widgets.HBox([
+            widgets.VBox([widgets.HBox([self.temperature, self.alpha]),
+                          widgets.HBox([self.compare, self.temperature2, self.alpha2]),
+                          widgets.HBox([self.free_temperature, self.free_alpha, self.train_button])]),
+            self.seeds])
         super().__init__([controls, self.status, self.image, self.training_output])
         self.update()
 
@@ -144,10 +152,11 @@ class TrainingExplorer(widgets.VBox):
         a_control.value = float(alpha)
 
     def update(self, change=None) -> None:
-        """Redraw the three panels for the current selection(s), from the results in memory."""
+        """Redraw the three panels for the current selection(s) and seeds, from the results in memory."""
         if self._quiet:
             return
         start = time.perf_counter()
+        self.view = sweep.select_seeds(self.results, [int(s) for s in self.seeds.value])
         for ax in self.axes.values():
             ax.clear()
         picks = [(self.temperature.value, self.alpha.value, "-")]
@@ -155,33 +164,36 @@ class TrainingExplorer(widgets.VBox):
             picks.append((self.temperature2.value, self.alpha2.value, "--"))
         for control in (self.temperature2, self.alpha2):
             control.disabled = not self.compare.value
-        baseline = sweep.find_run(self.results, None, 0.0)
+        baseline = sweep.find_run(self.view, None, 0.0)
         for n, (t, a, style) in enumerate(picks):
-            run, name = sweep.find_run(self.results, t, a), _name(t, a)
+            run, name = sweep.find_run(self.view, t, a), _name(t, a)
             name += " (other setup)" if run and run.get("other_setup") else ""
             plots.plot_step_losses(self.axes["steps"], run["steps"] if run else [],
                                    label=name if len(picks) > 1 else "", linestyle=style)
             plots.plot_accuracy_curves(self.axes["accuracy"], run["history"] if run else [],
-                                       teacher_accuracy=None if n else self.results.get("teacher_accuracy"),
+                                       teacher_accuracy=None if n else self.view.get("teacher_accuracy"),
                                        baseline_accuracy=None if n or not baseline or run is baseline
                                        else baseline["history"],
                                        label=name, linestyle=style, color="tab:purple" if n else plots.STUDENT)
         ts, alphas = self._grid_axes()
-        plots.plot_heatmap(self.axes["heatmap"], sweep.accuracy_grid(self.results, ts, alphas), ts, alphas,
+        n_seeds = len(self.seeds.value)
+        plots.plot_heatmap(self.axes["heatmap"], sweep.accuracy_grid(self.view, ts, alphas), ts, alphas,
                            highlight=[(t, a) for t, a, _ in picks],
                            reference=baseline["accuracy"] if baseline else None,
-                           title="Final accuracy (red: selected, magenta: compared)\n"
-                           + ("colour: vs CE-only (alpha = 0), white = equal" if baseline else ""))
+                           significant=sweep.significance_grid(self.view, ts, alphas),
+                           title=f"Mean final accuracy, {n_seeds} seed(s) (red: selected)\n"
+                           + ("white = CE-only; * beyond 2 SE of the paired difference" if baseline else ""))
         self.free_temperature.value, self.free_alpha.value = self.temperature.value, self.alpha.value
         self.status.value = self._summary(picks)
         self.image.value = render_png(self.fig)
         self.last_update_s = time.perf_counter() - start
 
     def train(self, _button=None) -> dict | None:
-        """Train (T, alpha) from the number boxes unless it is already there; store it, then show it."""
+        """Train (T, alpha) from the number boxes, for the sweep's seeds, unless it is already there."""
         t, a = float(self.free_temperature.value), float(self.free_alpha.value)
         if self.setup is None:
-            self.status.value = "Pass <code>setup=experiment.prepare(config)</code> to train new configurations."
+            self.status.value = ("Pass <code>setup=transfer.prepare_transfer(experiment.prepare(config))</code> "
+                                 "to train new configurations.")
             return None
         if sweep.find_run(self.results, t, a) is not None:
             self._show(t, a, f"{_name(t, a)} is already in the sweep.")
@@ -192,27 +204,34 @@ class TrainingExplorer(widgets.VBox):
             self._show(t, a, f"{_name(t, a)} was trained earlier with this setup ({path}).")
             return sweep.find_run(target, t, a)
         self.train_button.disabled = True
-        self.status.value = f"Training {_name(t, a)} for {target['epochs']} epoch(s)..."
+        seeds = target["seeds"]
+        self.status.value = f"Training {_name(t, a)} for seeds {seeds}, {target['steps']} steps each..."
+        record = None
         try:
             with self.training_output:
-                record = sweep.train_config(self.setup, target, t, a, path, progress=True)
+                for seed in seeds:
+                    record = sweep.train_config(self.setup, target, t, a, seed, path, progress=True)
         except (KDError, NonFiniteLossError) as exc:
             self.status.value = f"<span style='color:red'>error: {html.escape(str(exc))}</span>"
             return None
+        except KeyboardInterrupt:
+            record = None
         finally:
             self.train_button.disabled = False
-        if record is None:
-            self.status.value = f"Interrupted: {_name(t, a)} was not stored."
-            return None
+        if record is None or record["n"] < len(seeds):
+            self.status.value = f"Interrupted: {_name(t, a)} has only the seeds that finished."
+            if record is None:
+                return None
         if not same:
             self.results["runs"][sweep.run_key(t, a)] = {**record, "other_setup": True}
-        self._show(t, a, f"Trained {_name(t, a)}: accuracy {record['accuracy']:.1%}, stored in {path}"
-                   + ("" if same else " (setup differs from the sweep's: not comparable)"))
+        self._show(t, a, f"Trained {_name(t, a)}: mean accuracy {record['accuracy']:.1%} over {record['n']} seed(s), "
+                   f"stored in {path}" + ("" if same else " (setup differs from the sweep's: not comparable)"))
         return record
 
     def _target(self) -> tuple[dict, str, bool]:
         """Where a new run goes: this sweep's file if the setup matches, else a side sweep for the setup."""
-        key = sweep.sweep_key(self.setup, self.results["epochs"])
+        steps, evals = self.results["steps"], self.results["evals"]
+        key = sweep.sweep_key(self.setup, steps, evals)
         if key == self.results.get("key"):
             return self.results, self.results.get("path") or str(sweep.side_path(self.results["key_hash"])), True
         path = sweep.side_path(cache_key(**key))
@@ -221,19 +240,29 @@ class TrainingExplorer(widgets.VBox):
                 return sweep.load_sweep(path), str(path), False
             except ValueError:
                 pass
-        side = sweep.new_sweep(self.setup, self.results["epochs"])
+        side = sweep.new_sweep(self.setup, steps, evals, self.results["seeds"])
         sweep.save_sweep(side, path)
         return side, str(path), False
 
     def _summary(self, picks: list) -> str:
-        missing = [_name(t, a) for t, a, _ in picks if sweep.find_run(self.results, t, a) is None]
+        missing = [_name(t, a) for t, a, _ in picks if sweep.find_run(self.view, t, a) is None]
         if missing:
-            return f"Not trained yet: {', '.join(missing)}. Use <i>Train this configuration</i>."
-        baseline, teacher = sweep.find_run(self.results, None, 0.0), self.results.get("teacher_accuracy")
-        parts = [f"{_name(t, a)}: <b>{sweep.find_run(self.results, t, a)['accuracy']:.1%}</b>" for t, a, _ in picks]
-        parts += [f"CE only: {baseline['accuracy']:.1%}"] if baseline and all(a != 0 for _, a, _ in picks) else []
+            return f"Not trained yet (for these seeds): {', '.join(missing)}. Use <i>Train this configuration</i>."
+        baseline, teacher = sweep.find_run(self.view, None, 0.0), self.view.get("teacher_accuracy")
+        parts = []
+        for t, a, _ in picks:
+            run = sweep.find_run(self.view, t, a)
+            text = f"{_name(t, a)}: <b>{run['accuracy']:.1%} ± {run['sd']:.1%}</b>"
+            paired = sweep.paired_vs_baseline(self.view, run)
+            if paired:
+                verdict = "beyond the noise" if paired["significant"] else "within the noise"
+                text += f" ({paired['difference']:+.1%} vs CE-only, SE {paired['se']:.1%}: {verdict})"
+            parts.append(text)
+        parts += [f"CE only: {baseline['accuracy']:.1%} ± {baseline['sd']:.1%}"] if baseline and all(
+            a != 0 for _, a, _ in picks) else []
         parts += [f"teacher: {teacher:.1%}"] if teacher is not None else []
-        return "Final validation accuracy &mdash; " + ", ".join(parts)
+        return (f"Final validation accuracy, mean ± sd over {len(self.seeds.value)} seed(s) &mdash; "
+                + ", ".join(parts))
 
     def _show(self, t: float, a: float, message: str) -> None:
         self._quiet = True
@@ -250,7 +279,7 @@ class TrainingExplorer(widgets.VBox):
         ts = sorted(set(self.results.get("temperatures", [])) | {r["temperature"] for r in runs})
         alphas = sorted({0.0} | set(self.results.get("alphas", [])) | {r["alpha"] for r in runs})
         if not runs:  # an empty sweep: offer the setup's own (T, alpha)
-            cfg = self.setup.config if self.setup is not None else None
+            cfg = self.setup.setup.config if self.setup is not None else None
             ts = ts or [cfg.temperature if cfg else 4.0]
             alphas = sorted(set(alphas) | {cfg.alpha if cfg else 0.7})
         return ts, alphas

@@ -1,13 +1,15 @@
-"""The sweep: one run per (T, alpha) plus one baseline, saved after each, resumed without retraining."""
+"""The sweep: every (T, alpha) plus one baseline, for every seed, saved after each run, resumed without retraining."""
 
 from __future__ import annotations
 
 import json
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
+import torch
 
-from kd_helpers import experiment, sweep
+from kd_helpers import cli, experiment, sweep, transfer
 from kd_helpers.cache import atomic_write_json
 from kd_helpers.cli import main
 from kd_helpers.config import KDConfig
@@ -15,111 +17,116 @@ from kd_helpers.errors import KDError
 from kd_helpers.train import TrainingRun
 
 GRID = {"temperatures": [2.0, 4.0], "alphas": [0.5]}
+SEEDS = [1, 2]
+VAL_ROWS = 40
 
 
-def fake_setup(rows: int = 8, fast: bool = True) -> SimpleNamespace:
-    """What ``run_sweep`` reads from a Setup, without models: config, data identity, teacher identity."""
+def fake_ts(rows: int = 8, fast: bool = True, fraction: float = 0.1) -> SimpleNamespace:
+    """What ``run_sweep`` reads from a TransferSetup, without models: config, data and teacher identity."""
     texts = [f"review {i}" for i in range(rows)]
     split = {"text": texts, "label": [i % 2 for i in range(rows)]}
-    return SimpleNamespace(config=KDConfig(fast=fast), splits={"train": split, "validation": split},
-                           teacher_info={"key": "teacher-abc"}, teacher=None, teacher_val_loader=None, device="cpu")
+    setup = SimpleNamespace(config=KDConfig(student="tiny", fast=fast), splits={"train": split, "validation": split},
+                            teacher_id="teacher:abc", teacher=None, teacher_val_loader=None, val_loader=None,
+                            device="cpu")
+    return SimpleNamespace(setup=setup, fraction=fraction, n_variants=8, labelled_ids=[0], transfer_ids=[1, 2])
 
 
-def fake_run(alpha: float, temperature: float, epochs: int) -> TrainingRun:
-    """A deterministic run whose numbers depend on (T, alpha), standing in for a real training."""
-    acc = round(0.6 + 0.05 * alpha + 0.01 * temperature, 4)
-    history = [{"epoch": e, "loss": 1 / e, "distill_loss": alpha / e, "student_loss": 0.7 / e, "accuracy": acc}
-               for e in range(1, epochs + 1)]
-    steps = [{"epoch": e, "total_loss": 1 / (e + s), "distill_loss": alpha, "student_loss": 0.7}
-             for e in range(1, epochs + 1) for s in range(3)]
-    return TrainingRun(history=history, steps=steps)
+def fake_accuracy(temperature, alpha, seed) -> float:
+    return round(0.6 + 0.05 * alpha + 0.01 * temperature + 0.002 * seed, 4)
 
 
 @pytest.fixture
 def calls(monkeypatch):
-    """Replace training with ``fake_run``; ``calls`` lists every (T, alpha) trained; ``calls.fail_at`` interrupts."""
-    made = SimpleNamespace(log=[], fail_at=None, partial_at=None)
+    """Replace training with a deterministic fake; ``calls.log`` lists every (T, alpha, seed) trained."""
+    made = SimpleNamespace(log=[], fail_at=None)
 
-    def train_student(setup, alpha=None, temperature=None, epochs=None, verbose=True, progress=True):
-        made.log.append((temperature, alpha))
+    def train_method(ts, method, seed, steps, temperature=4.0, alpha=0.7, evals=8, kind="tiny", progress=False):
+        made.log.append((temperature if alpha else None, alpha, seed))
         if made.fail_at == len(made.log):
             raise KeyboardInterrupt
-        run = fake_run(alpha, temperature, epochs)
-        if made.partial_at == len(made.log):  # Ctrl-C caught inside distill: one epoch kept, run flagged
-            run.history, run.interrupted = run.history[:1], True
-        return None, run
+        acc = fake_accuracy(temperature if alpha else 0.0, alpha, seed)
+        history = [{"step": (i + 1) * steps // evals, "loss": 1 / (i + 1), "distill_loss": alpha,
+                    "student_loss": 0.7, "accuracy": acc - 0.01 * (evals - 1 - i)} for i in range(evals)]
+        step_losses = [{"step": s, "total_loss": 1 / s, "distill_loss": alpha, "student_loss": 0.7}
+                       for s in range(1, steps + 1)]
+        student = SimpleNamespace(acc=acc, seed=seed)
+        return student, TrainingRun(history=history, steps=step_losses)
 
-    monkeypatch.setattr(experiment, "train_student", train_student)
+    def predictions(student, loader, device):  # the first round(acc * n) rows right
+        n_right = round(student.acc * VAL_ROWS)
+        return torch.tensor([1] * n_right + [0] * (VAL_ROWS - n_right)), torch.ones(VAL_ROWS, dtype=torch.long)
+
+    monkeypatch.setattr(sweep, "train_method", train_method)
+    monkeypatch.setattr(sweep, "predictions", predictions)
     monkeypatch.setattr(sweep, "evaluate_model", lambda *args: 0.9)
     return made
 
 
+def _run(path, ts=None, seeds=SEEDS, steps=16, **grid):
+    return sweep.run_sweep(ts or fake_ts(), **(grid or GRID), results_path=path, seeds=seeds, steps=steps, evals=8,
+                           log=lambda *_: None)
+
+
 def _comparable(results: dict) -> dict:
-    return {k: {f: v for f, v in run.items() if f not in ("seconds", "finished")} for k, run in results["runs"].items()}
+    return {k: {s: {f: v for f, v in r.items() if f != "seconds"} for s, r in run["per_seed"].items()}
+            for k, run in results["runs"].items()}
 
 
-def test_sweep_trains_grid_and_one_baseline(tmp_path, calls):
+def test_sweep_trains_grid_and_one_baseline_per_seed(tmp_path, calls):
     path = tmp_path / "sweep.json"
-    results = sweep.run_sweep(fake_setup(), **GRID, epochs=2, results_path=path, log=lambda *_: None)
+    results = _run(path)
     assert sorted(results["runs"]) == ["T=2,alpha=0.5", "T=4,alpha=0.5", "baseline"]
-    assert len(calls.log) == 3 and [a for _, a in calls.log].count(0.0) == 1
+    assert len(calls.log) == 6 and [a for _, a, _ in calls.log].count(0.0) == 2
     assert not results["interrupted"] and results["teacher_accuracy"] == 0.9
-    on_disk = sweep.load_sweep(path)
-    assert on_disk["runs"]["T=4,alpha=0.5"]["history"][-1]["accuracy"] == pytest.approx(0.665)
-    assert len(on_disk["runs"]["baseline"]["steps"]) == 6 and on_disk["runs"]["baseline"]["temperature"] is None
-    assert on_disk["key"]["teacher"] == "teacher-abc" and on_disk["key"]["epochs"] == 2
-    assert sweep.find_run(on_disk, 8.0, 0.0) is on_disk["runs"]["baseline"]  # any T at alpha = 0
+    run = sweep.load_sweep(path)["runs"]["T=4,alpha=0.5"]
+    expected = [fake_accuracy(4.0, 0.5, s) for s in SEEDS]
+    assert run["accuracy"] == pytest.approx(np.mean(expected)) and run["sd"] == pytest.approx(np.std(expected, ddof=1))
+    assert run["n"] == 2 and len(run["history"]) == 8  # eight evaluations: a curve, not two dots
+    assert run["history"][-1]["accuracy_sd"] == pytest.approx(run["sd"])
+    assert [s["step"] for s in run["steps"]] == [8, 16]  # every STEP_STRIDE-th step is kept
 
 
-def test_resumed_sweep_does_not_retrain_finished_configurations(tmp_path, calls):
+def test_rerun_trains_only_what_is_missing_seeds_included(tmp_path, calls):
     path = tmp_path / "sweep.json"
-    sweep.run_sweep(fake_setup(), **GRID, epochs=1, results_path=path, log=lambda *_: None)
-    first = sweep.load_sweep(path)
+    _run(path)
     calls.log.clear()
-    again = sweep.run_sweep(fake_setup(), **GRID, epochs=1, results_path=path, log=lambda *_: None)
+    _run(path)
     assert calls.log == []
-    assert again["runs"]["T=2,alpha=0.5"]["finished"] == first["runs"]["T=2,alpha=0.5"]["finished"]
-    bigger = sweep.run_sweep(fake_setup(), temperatures=[2.0, 4.0, 8.0], alphas=[0.5], epochs=1, results_path=path,
-                             log=lambda *_: None)
-    assert calls.log == [(8.0, 0.5)] and bigger["temperatures"] == [2.0, 4.0, 8.0]
+    bigger = _run(path, seeds=[1, 2, 3])
+    assert sorted(calls.log, key=str) == sorted([(None, 0.0, 3), (2.0, 0.5, 3), (4.0, 0.5, 3)], key=str)
+    assert bigger["seeds"] == [1, 2, 3] and bigger["runs"]["baseline"]["n"] == 3
 
 
 def test_interrupted_sweep_keeps_finished_and_resumes_to_the_same_results(tmp_path, calls):
     path, reference = tmp_path / "sweep.json", tmp_path / "reference.json"
-    calls.fail_at = 2  # Ctrl-C during the second configuration
-    lines = []
-    partial = sweep.run_sweep(fake_setup(), **GRID, epochs=2, results_path=path, log=lines.append)
-    assert partial["interrupted"] and list(partial["runs"]) == ["baseline"]
-    assert list(sweep.load_sweep(path)["runs"]) == ["baseline"] and "Interrupted" in lines[-1]
+    calls.fail_at = 3  # Ctrl-C during the third run (the first configuration's first seed)
+    partial = _run(path)
+    assert partial["interrupted"] and sorted(sweep.load_sweep(path)["runs"]["baseline"]["per_seed"]) == ["1", "2"]
     calls.fail_at, calls.log[:] = None, []
-    resumed = sweep.run_sweep(fake_setup(), **GRID, epochs=2, results_path=path, log=lambda *_: None)
-    assert len(calls.log) == 2 and (None, 0.0) not in calls.log and not resumed["interrupted"]
-    whole = sweep.run_sweep(fake_setup(), **GRID, epochs=2, results_path=reference, log=lambda *_: None)
+    resumed = _run(path)
+    assert len(calls.log) == 4 and not resumed["interrupted"]
+    whole = _run(reference)
     assert _comparable(sweep.load_sweep(path)) == _comparable(sweep.load_sweep(reference)) == _comparable(whole)
-
-
-def test_a_run_interrupted_inside_training_is_not_stored(tmp_path, calls):
-    calls.partial_at = 2
-    results = sweep.run_sweep(fake_setup(), **GRID, epochs=2, results_path=tmp_path / "s.json", log=lambda *_: None)
-    assert results["interrupted"] and list(sweep.load_sweep(tmp_path / "s.json")["runs"]) == ["baseline"]
 
 
 def test_corrupt_file_is_reported_in_one_line_and_rebuilt(tmp_path, calls):
     path = tmp_path / "sweep.json"
-    sweep.run_sweep(fake_setup(), **GRID, epochs=1, results_path=path, log=lambda *_: None)
+    _run(path)
     path.write_text(path.read_text()[:200])  # a truncated write
     lines = []
-    results = sweep.run_sweep(fake_setup(), **GRID, epochs=1, results_path=path, log=lines.append)
+    results = sweep.run_sweep(fake_ts(), **GRID, results_path=path, seeds=SEEDS, steps=16, log=lines.append)
     assert len(lines[0].splitlines()) == 1 and "starting the sweep again" in lines[0]
     assert len(results["runs"]) == 3 and sweep.load_sweep(path)["runs"].keys() == results["runs"].keys()
 
 
 def test_a_full_mode_sweep_of_another_setup_is_never_overwritten(tmp_path, calls):
     path = tmp_path / "sweep.json"
-    sweep.run_sweep(fake_setup(fast=False), **GRID, epochs=1, results_path=path, log=lambda *_: None)
+    _run(path, ts=fake_ts(fast=False))
     before = path.read_bytes()
-    with pytest.raises(KDError, match="different setup.*epochs"):
-        sweep.run_sweep(fake_setup(fast=False), **GRID, epochs=2, results_path=path, log=lambda *_: None)
+    with pytest.raises(KDError, match="different setup.*steps"):
+        _run(path, ts=fake_ts(fast=False), steps=24)
+    with pytest.raises(KDError, match="different setup.*fraction"):
+        _run(path, ts=fake_ts(fast=False, fraction=1.0))
     (tmp_path / "other.json").write_text(json.dumps({"a": 1}))
     with pytest.raises(ValueError):
         sweep.load_sweep(tmp_path / "other.json")
@@ -128,40 +135,59 @@ def test_a_full_mode_sweep_of_another_setup_is_never_overwritten(tmp_path, calls
     atomic_write_json(distill_results, {"config": {}, "history": []})
     kept = distill_results.read_bytes()
     with pytest.raises(KDError, match="not a sweep results file"):
-        sweep.run_sweep(fake_setup(), **GRID, epochs=1, results_path=distill_results, log=lambda *_: None)
+        _run(distill_results)
     assert distill_results.read_bytes() == kept
-
-
-def test_cpu_bf16_runs_never_join_an_fp32_sweep(tmp_path, calls, monkeypatch):
-    path = tmp_path / "sweep.json"
-    monkeypatch.delenv("KD_CPU_BF16", raising=False)
-    sweep.run_sweep(fake_setup(fast=False), **GRID, epochs=1, results_path=path, log=lambda *_: None)
-    monkeypatch.setenv("KD_CPU_BF16", "1")
-    with pytest.raises(KDError, match=r"differs in: cpu_bf16"):
-        sweep.run_sweep(fake_setup(fast=False), **GRID, epochs=1, results_path=path, log=lambda *_: None)
 
 
 def test_a_fast_mode_sweep_of_another_setup_is_replaced(tmp_path, calls):
     path = tmp_path / "sweep_results_fast.json"
-    sweep.run_sweep(fake_setup(), **GRID, epochs=1, results_path=path, log=lambda *_: None)
+    _run(path)
     lines = []
-    results = sweep.run_sweep(fake_setup(), **GRID, epochs=2, results_path=path, log=lines.append)
-    assert "fast-mode sweep of another setup (differs in: epochs); starting a new one" in lines[0]
-    assert len(calls.log) == 6 and sweep.load_sweep(path)["key"]["epochs"] == 2
-    assert all(len(run["history"]) == 2 for run in results["runs"].values())
+    sweep.run_sweep(fake_ts(), **GRID, results_path=path, seeds=SEEDS, steps=24, log=lines.append)
+    assert "fast-mode sweep of another setup (differs in: steps); starting a new one" in lines[0]
+    assert len(calls.log) == 12 and sweep.load_sweep(path)["key"]["steps"] == 24
+
+
+def test_significance_marks_only_differences_beyond_two_standard_errors(tmp_path, calls):
+    results = _run(tmp_path / "s.json", seeds=[1, 2, 3])
+    paired = sweep.paired_vs_baseline(results, sweep.find_run(results, 4.0, 0.5))
+    # fake predictions: baseline ~ 0.604 -> 24/40 right, T=4 ~ 0.669 -> 27/40 right; rows differ on 3 of 40
+    d = np.array([0.0] * 24 + [1.0] * 3 + [0.0] * 13)
+    assert paired["difference"] == pytest.approx(d.mean())
+    assert paired["se"] == pytest.approx(d.std(ddof=1) / np.sqrt(40))
+    assert paired["significant"] == (abs(d.mean()) > 2 * d.std(ddof=1) / np.sqrt(40))
+    grid = sweep.significance_grid(results, [2.0, 4.0], [0.5])
+    assert grid.shape == (2, 1)
+
+
+def test_summary_json_is_what_the_heatmap_shows(tmp_path, calls, capsys):
+    path = tmp_path / "s.json"
+    results = _run(path)
+    assert main(["sweep", "--summary", "--json", "--results", str(path)]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    grid = sweep.accuracy_grid(results, [2.0, 4.0], [0.5])
+    assert [c["mean"] for c in summary["cells"]] == pytest.approx(grid[:, 0].tolist())
+    assert summary["baseline"]["n"] == 2 and {"temperature", "alpha", "mean", "sd", "n"} <= set(summary["cells"][0])
+    assert main(["sweep", "--summary", "--results", str(tmp_path / "missing.json")]) == 2
 
 
 def test_cli_sweep_prints_the_table_and_exit_codes(tmp_path, calls, monkeypatch, capsys):
-    monkeypatch.setattr(experiment, "prepare", lambda config: fake_setup())
+    monkeypatch.setattr(experiment, "prepare", lambda config: fake_ts().setup)
+    monkeypatch.setattr(transfer, "prepare_transfer", lambda setup, fraction: fake_ts(fraction=fraction))
     path = tmp_path / "cli.json"
-    args = ["sweep", "--fast", "--temperatures", "2", "4", "--alphas", "0.5", "--results", str(path)]
+    args = ["sweep", "--fast", "--temperatures", "2", "4", "--alphas", "0.5", "--seeds", "1", "2",
+            "--results", str(path)]
     assert main(args) == 0
     out = capsys.readouterr().out
-    assert "| T \\ alpha | 0.5 |" in out and "| 4 | 66.5 % |" in out and "CE-only baseline" in out
+    assert "| T \\ alpha | 0.5 |" in out and "| 4 | 66.8 ± 0.1" in out and "CE-only baseline" in out
     calls.fail_at, calls.log[:] = 1, []
     assert main(args[:-1] + [str(tmp_path / "other.json")]) == 130
     assert main(["sweep", "--alphas", "1.5"]) == 2  # rejected before any model is loaded
     assert "between 0 and 1" in capsys.readouterr().err
+
+
+def test_cli_defaults_match_the_sweep_module():
+    assert (cli.SWEEP_SEEDS, cli.SWEEP_STEPS, cli.SWEEP_FRACTION) == (sweep.SEEDS, sweep.STEPS, sweep.FRACTION)
 
 
 def test_default_results_path():
