@@ -6,16 +6,21 @@ STAMP := $(VENV)/.kd_installed
 TORCH ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test lint unit nbtest notebooks sweep bench lab clean
+.PHONY: setup lock demo compare test lint unit nbtest notebooks sweep bench lab clean
 
 setup: $(STAMP)
 
-$(STAMP): requirements.txt pyproject.toml
+$(STAMP): requirements.txt constraints.txt pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q -c constraints.txt -r requirements.txt
 	$(PY) -m pip install -q --no-deps -e .
 	touch $(STAMP)
+
+# Re-pin constraints.txt from the current .venv (after a deliberate upgrade that passed make test).
+lock: setup
+	(head -n 2 constraints.txt; $(PY) -m pip freeze --exclude-editable | sed -E 's/^torch==([0-9.]+)\+cpu$$/torch==\1/') > constraints.txt.new
+	mv constraints.txt.new constraints.txt
 
 demo: setup
 	$(PY) -m kd_helpers distill
@@ -31,12 +36,17 @@ nbtest: setup
 
 test: lint
 	KD_FAST=1 $(PY) -m pytest -q tests --nbval-lax --nbval-current-env notebooks $(PYTEST_ARGS)
+	@test -x /usr/bin/chromium || echo "make test: skipped the real-browser test (tests/test_browser.py): Chromium is missing; install it with: apt-get install -y chromium"
 
 # Re-execute every notebook in full mode, in place (committed outputs come from this).
 notebooks: setup
 	KD_FAST=0 $(PY) scripts/run_notebooks.py
 
-# The 4 x 4 temperature/alpha sweep that notebook 04 ships with.
+# KD vs CE-only vs augmentation alone, tiny student, 3 seeds, test split (the numbers in README.md).
+compare: setup
+	$(PY) -m kd_helpers compare
+
+# The 4 x 4 temperature/alpha sweep (3 seeds) that notebook 04 ships with.
 sweep: setup
 	$(PY) -m kd_helpers sweep
 

@@ -103,6 +103,20 @@ def load_tensor(path: str | Path, key: str) -> torch.Tensor:
     return tensor
 
 
+def check_writable(folder: str | Path, option: str = "--output-dir") -> Path:
+    """Create ``folder`` if needed and prove a file can be written there; ``KDError`` in one line otherwise."""
+    from kd_helpers.errors import KDError
+
+    folder = Path(folder).expanduser()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".kd_write_test."):
+            pass
+    except OSError as exc:
+        raise KDError(f"{option} {folder}: cannot write there ({exc.__class__.__name__}: {exc.strerror})") from None
+    return folder
+
+
 def atomic_dir(final: str | Path, build: Callable[[Path], None]) -> Path:
     """Build a directory in a temporary sibling with ``build(tmp)``, then rename it to ``final``."""
     final = Path(final)

@@ -12,11 +12,11 @@ import sys
 from pathlib import Path
 
 from kd_helpers.config import PRESETS, STUDENTS, KDConfig, fast_mode
+from kd_helpers.errors import KDError, NonFiniteLossError
 
 SWEEP_SEEDS, SWEEP_STEPS, SWEEP_FRACTION = (1, 2, 3), 800, 0.1  # kd_helpers.sweep's defaults (asserted in tests)
 COMPARE_STEPS = 2000  # all labels + transfer set: CE-only has plateaued by then, KD still learns (README)
 FAST_STEPS = 40
-from kd_helpers.errors import KDError, NonFiniteLossError
 
 EXIT_BAD_INPUT, EXIT_INTERRUPTED = 2, 130
 COLUMNS = [("teacher", "Teacher"), ("student_before", "Student before"), ("student_kd", "Student after (KD)"),
@@ -159,10 +159,10 @@ def cmd_sweep(args) -> int:
             raise KDError(f"{path}: no sweep results here; run `python -m kd_helpers sweep` first")
         results = sweep.load_sweep(path)
         print(sweep.format_grid(results))
-        shape = sweep.structure(results)
-        if shape:
-            print(f"Spread of cell means: {100 * shape['range']:.1f} points (sd {100 * shape['sd_of_means']:.1f}); "
-                  f"mean per-cell SE {100 * shape['mean_se']:.2f} points; ratio {shape['range_over_se']:.1f}")
+        for name, shape in sweep.structure(results).items():
+            what = "the whole heatmap (CE-only column included)" if name == "with_baseline" else "the KD cells only"
+            print(f"Spread of cell means over {what}: {100 * shape['range']:.1f} points; mean SE of a cell mean "
+                  f"{100 * shape['mean_se']:.2f} points; ratio {shape['range_over_se']:.1f}")
         if args.json:
             print(json.dumps(sweep.summary(results)))
         return 0
@@ -181,11 +181,12 @@ def cmd_sweep(args) -> int:
 def cmd_compare(args) -> int:
     """``python -m kd_helpers compare``: the three students over seeds, per label regime, on the test split."""
     from kd_helpers import experiment, transfer
-    from kd_helpers.cache import atomic_write_json
+    from kd_helpers.cache import atomic_write_json, check_writable
 
     config = KDConfig(student="tiny", temperature=args.temperature, alpha=args.alpha, output_dir=args.output_dir,
                       fast=args.fast or fast_mode())
     steps = args.steps or (FAST_STEPS if config.fast else COMPARE_STEPS)
+    check_writable(args.output_dir)
     setup = experiment.prepare(config)
     report = {"config": config.to_dict(), "environment": experiment.environment(), "regimes": []}
     for fraction in args.fractions:
@@ -219,7 +220,8 @@ def format_comparison(result: dict) -> str:
         versus = "-"
         if test:
             boot = test["bootstrap"]
-            versus = (f"{100 * test['difference_mean']:+.1f} points [{100 * boot['low']:+.1f}, {100 * boot['high']:+.1f}], "
+            versus = (f"{100 * test['difference_mean']:+.1f} points "
+                      f"[{100 * boot['low']:+.1f}, {100 * boot['high']:+.1f}], "
                       f"p = {test['mcnemar_pooled']['p_value']:.2g} (per seed: "
                       + ", ".join(f"{t['p_value']:.2g}" for t in test["mcnemar_per_seed"]) + ")")
         lines.append(f"| {names.get(method, method)} | {fmt_mean_sd(accs)} | "
@@ -240,11 +242,13 @@ def format_table(results: dict) -> str:
         rows = [("accuracy", "accuracy", _pct), ("agreement_with_teacher", "agreement with teacher", _pct),
                 ("ece", "ECE (15 bins)", lambda v: f"{v:.3f}"), ("nll", "NLL", lambda v: f"{v:.3f}"),
                 ("params", "parameters", lambda v: f"{v / 1e6:.1f} M"), ("size_mb", "size", lambda v: f"{v:.1f} MB"),
-                ("latency_ms_batch1", "latency, batch 1 (CPU)", lambda v: f"{v:.1f} ms"),
+                ("latency_ms_batch1", "latency, batch 1 (CPU, median)", lambda v: f"{v:.1f} ms"),
+                ("latency_iqr_ms_batch1", "latency IQR (spread)", lambda v: f"{v:.2f} ms"),
                 ("throughput_batch32", "throughput, batch 32 (CPU)", lambda v: f"{v:.0f} rows/s")]
         lines += ["", "| metric | " + " | ".join(title for _, title in names) + " |", "|---|" + "---|" * len(names)]
         for key, label, fmt in rows:
-            lines.append(f"| {label} | " + " | ".join(fmt(models[name][key]) for name, _ in names) + " |")
+            lines.append(f"| {label} | " + " | ".join(fmt(models[name][key]) if key in models[name] else "-"
+                                                     for name, _ in names) + " |")
     small = results.get("small_student")
     if small:
         lines += ["", format_small_student(small)]
@@ -260,7 +264,8 @@ def format_small_student(small: dict) -> str:
     kd_mean = sum(small["kd_test_accuracy"]) / len(small["kd_test_accuracy"])
     lat, thr = small["latency_ms_batch1"], small["throughput_batch32"]
     return "\n".join([
-        f"Tiny student ({small['student_params'] / 1e6:.1f} M parameters, {small['student_params'] / small['teacher_params']:.0%} "
+        f"Tiny student ({small['student_params'] / 1e6:.1f} M parameters, "
+        f"{small['student_params'] / small['teacher_params']:.0%} "
         f"of the teacher's {small['teacher_params'] / 1e6:.1f} M), {small['fraction']:.0%} of the training labels "
         f"({small['labelled_rows']} rows; the teacher was trained on all of them), transfer set of "
         f"{small['transfer_rows']} rows, {small['steps']} steps of {small['batch_size']} for each student, "
@@ -268,7 +273,8 @@ def format_small_student(small: dict) -> str:
         "",
         "| Teacher | KD + transfer set | CE-only | difference [95 % CI] | paired McNemar p (pooled; per seed) |",
         "|---|---|---|---|---|",
-        f"| {100 * teacher:.1f} % | {fmt_mean_sd(small['kd_test_accuracy'])} | {fmt_mean_sd(small['ce_test_accuracy'])} | "
+        f"| {100 * teacher:.1f} % | {fmt_mean_sd(small['kd_test_accuracy'])} | "
+        f"{fmt_mean_sd(small['ce_test_accuracy'])} | "
         f"{100 * ci['difference']:+.1f} points [{100 * ci['low']:+.1f}, {100 * ci['high']:+.1f}] | "
         f"{small['paired_p_value']:.2g}; " + ", ".join(f"{p:.2g}" for p in small["per_seed_p_values"]) + " |",
         "",

@@ -1,7 +1,7 @@
 """Data: the embedded review corpus, local CSV/TSV/JSON Lines files or GLUE SST-2, tokenised for training.
 
-Files are checked line by line before ``datasets`` reads them, so a bad file gives one clear line
-(file, row, column, value) instead of an Arrow or pandas traceback.
+Local files are parsed once, with the ``csv`` / ``json`` modules, and checked row by row; the ``Dataset`` is
+built from the checked rows. A bad file gives one clear line (file, row, column, value), never a traceback.
 """
 
 from __future__ import annotations
@@ -59,24 +59,14 @@ def load_splits(data: str = "reviews", seed: int = 42, num_classes: int = 2) -> 
 
 
 def load_table(path: str | Path, num_classes: int = 2) -> Dataset:
-    """Read one local CSV/TSV/JSON Lines file into a ``Dataset`` with ``text`` and ``label`` columns."""
+    """Read one local CSV/TSV/JSON Lines (or JSON array) file into a ``Dataset`` with ``text`` and ``label``.
+
+    The file is parsed once: every row is validated, then the ``Dataset`` is built from the validated rows.
+    """
     path = Path(path).expanduser()
     kind = _check_file(path)
-    rows = _check_rows(path, kind, num_classes)
-    if kind == "json":
-        ds = load_dataset("json", data_files=str(path), split="train")
-    else:
-        delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
-        # keep_default_na=False: a review that reads "null" or "n/a" stays text, not a missing value.
-        ds = load_dataset("csv", data_files=str(path), split="train", delimiter=delimiter,
-                          keep_default_na=False, quoting=csv.QUOTE_MINIMAL)
-    text_col = next(c for c in TEXT_COLUMNS if c in ds.column_names)
-    ds = ds.select_columns([text_col, "label"])
-    if text_col != "text":
-        ds = ds.rename_column(text_col, "text")
-    if len(ds) != rows:  # the strict pre-check and the loader must agree on what the file holds
-        raise KDError(f"{path}: read {len(ds)} rows but the file has {rows} (malformed CSV quoting?)")
-    return ds.cast_column("label", _int_feature())
+    texts, labels = _check_rows(path, kind, num_classes)
+    return Dataset.from_dict({"text": texts, "label": labels}).cast_column("label", _int_feature())
 
 
 def load_sst2() -> DatasetDict:
@@ -209,10 +199,20 @@ def _check_file(path: Path) -> str:
     return kind
 
 
-def _check_rows(path: Path, kind: str, num_classes: int) -> int:
-    """Validate every row; return the row count. Row numbers are 1-based data rows (header excluded)."""
+def _check_rows(path: Path, kind: str, num_classes: int) -> tuple[list[str], list[int]]:
+    """Validate every row; return ``(texts, labels)``. Row numbers are 1-based data rows (header excluded)."""
     text = path.read_text(encoding="utf-8-sig")
-    if kind == "json":
+    if kind == "json" and text.lstrip().startswith("["):  # a JSON array of objects
+        try:
+            records = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise KDError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}); give a JSON array of "
+                          "objects or JSON Lines (one object per line)") from None
+        for rowno, record in enumerate(records, 1):
+            if not isinstance(record, dict):
+                raise KDError(f"{path}: item {rowno} of the JSON array is not an object")
+        header = sorted({key for record in records for key in record})
+    elif kind == "json":
         records = []
         for lineno, line in enumerate(text.splitlines(), 1):
             if not line.strip():
@@ -220,7 +220,8 @@ def _check_rows(path: Path, kind: str, num_classes: int) -> int:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise KDError(f"{path}: line {lineno} is not valid JSON ({exc.msg})") from None
+                raise KDError(f"{path}: line {lineno} is not valid JSON ({exc.msg}); JSON files are read as JSON "
+                              "Lines (one object per line) or as one JSON array of objects") from None
             if not isinstance(record, dict):
                 raise KDError(f"{path}: line {lineno} is not a JSON object")
             records.append(record)
@@ -248,6 +249,7 @@ def _check_rows(path: Path, kind: str, num_classes: int) -> int:
         raise KDError(f"{path}: no 'label' column; found columns {header}")
     if not records:
         raise KDError(f"{path}: has a header but no data rows")
+    texts, labels = [], []
     for rowno, record in enumerate(records, 1):
         value = record.get(text_col)
         if not isinstance(value, str) or not value.strip():
@@ -257,7 +259,9 @@ def _check_rows(path: Path, kind: str, num_classes: int) -> int:
             raise KDError(f"{path}: row {rowno}: column 'label' value {record.get('label')!r} is not an integer")
         if not 0 <= label < num_classes:
             raise KDError(f"{path}: row {rowno}: label {label} is outside the model's classes 0..{num_classes - 1}")
-    return len(records)
+        texts.append(value)
+        labels.append(label)
+    return texts, labels
 
 
 def _as_int(value) -> int | None:

@@ -16,7 +16,7 @@ import transformers
 from transformers import set_seed
 
 from kd_helpers import data as kd_data
-from kd_helpers.cache import atomic_dir, atomic_write_json
+from kd_helpers.cache import atomic_dir, atomic_write_json, check_writable
 from kd_helpers.config import KDConfig, pick_device
 from kd_helpers.errors import KDError
 from kd_helpers.metrics import model_report, quantize_int8
@@ -150,7 +150,7 @@ def run_experiment(config: KDConfig, log=print, progress: bool = True) -> dict:
 
     On Ctrl-C the finished parts are saved with ``"interrupted": true``.
     """
-    out = Path(config.output_dir)
+    out = check_writable(config.output_dir)
     results = {"config": config.to_dict(), "interrupted": False, "environment": environment()}
     started = time.perf_counter()
     try:
@@ -205,7 +205,7 @@ def run_experiment(config: KDConfig, log=print, progress: bool = True) -> dict:
 
 def compare_models(setup: Setup, before, student_kd, student_ce=None) -> dict:
     """The metrics table: teacher, student before, KD student, CE-only student, int8 KD student."""
-    repeats = 10 if setup.config.fast else 30
+    min_run_time = 0.2 if setup.config.fast else 1.0
     labels = setup.splits["validation"]["label"]
     teacher_logits = predict_logits(setup.teacher, setup.teacher_val_loader, setup.device)
     teacher_predictions = teacher_logits.argmax(-1).numpy()
@@ -222,7 +222,7 @@ def compare_models(setup: Setup, before, student_kd, student_ce=None) -> dict:
         logits = teacher_logits if name == "teacher" else predict_logits(model.to(device), loader, device)
         batch1 = tokenizer(texts[:1], return_tensors="pt")
         batch32 = tokenizer(texts[:32], return_tensors="pt", padding=True)
-        report[name] = model_report(logits, labels, teacher_predictions, model, batch1, batch32, repeats)
+        report[name] = model_report(logits, labels, teacher_predictions, model, batch1, batch32, min_run_time)
         model.to(setup.device if not name.endswith("int8") else "cpu")
     return report
 
@@ -249,8 +249,8 @@ def small_student_run(setup: Setup, save_to: Path, fraction: float = 0.1, seeds=
     texts = setup.splits["test"]["text"]
     batch1 = setup.tokenizer(texts[:1], return_tensors="pt")
     batch32 = setup.tokenizer(texts[:32], return_tensors="pt", padding=True)
-    speed = {name: latency(model, batch1, batch32) for name, model in (("student", kd_student),
-                                                                       ("teacher", setup.teacher))}
+    speed = {name: latency(model, batch1, batch32, min_run_time=0.2 if setup.config.fast else 1.0)
+             for name, model in (("student", kd_student), ("teacher", setup.teacher))}
     setup.teacher.to(setup.device)
     test = comparison["tests"]["kd"]
     return {"seeds": list(seeds), "fraction": fraction, "steps": steps, "batch_size": setup.config.batch_size,
@@ -291,67 +291,3 @@ def _save_student(student, tokenizer, folder: Path) -> None:
         tokenizer.save_pretrained(tmp)
 
     atomic_dir(folder, build)
-
-
-def labelled_mask(n: int, fraction: float, seed: int) -> torch.Tensor:
-    """Which of ``n`` training rows keep their label in the few-label regime (a seeded random ``fraction``)."""
-    known = torch.zeros(n, dtype=torch.bool)
-    known[torch.randperm(n, generator=torch.Generator().manual_seed(seed))[: max(1, round(fraction * n))]] = True
-    return known
-
-
-def train_few_labels(setup: Setup, fraction: float = 0.1, use_teacher: bool = True, steps: int | None = None,
-                     temperature: float | None = None, alpha: float | None = None, progress: bool = True) -> dict:
-    """Train a fresh student when only ``fraction`` of the training labels are known.
-
-    ``use_teacher=True``: labelled rows use the usual blend (``alpha`` on KL), unlabelled rows learn from the
-    teacher's soft labels alone (alpha = 1, their labels are never read). ``use_teacher=False``: cross-entropy on
-    the labelled rows only. Both get the same budget: ``steps`` optimizer steps (default: one epoch of all rows).
-    """
-    from kd_helpers.loss import DistillationLoss
-    from kd_helpers.train import get_teacher_logits, model_inputs
-
-    cfg = setup.config
-    if not 0.0 < fraction <= 1.0:
-        raise KDError(f"fraction={fraction!r}: must be in (0, 1]")
-    T = cfg.temperature if temperature is None else temperature
-    blend = DistillationLoss(T, cfg.alpha if alpha is None else alpha)
-    soft_only = DistillationLoss(T, 1.0)
-    n = len(setup.train_set)
-    known = labelled_mask(n, fraction, cfg.seed)
-    rows = setup.train_set if use_teacher else setup.train_set.select(known.nonzero().flatten().tolist())
-    loader = kd_data.make_loader(rows, setup.tokenizer, cfg.batch_size, shuffle=True, seed=cfg.seed)
-    steps = steps or -(-n // cfg.batch_size)
-    student = new_student(setup)
-    set_seed(cfg.seed)
-    optimizer = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=cfg.lr)
-    scheduler = transformers.get_linear_schedule_with_warmup(optimizer, int(0.1 * steps), steps)
-    student.train()
-    done, losses = 0, []
-    while done < steps:
-        for batch in loader:
-            logits = student(**model_inputs(student, batch, setup.device)).logits
-            labels = batch["labels"].to(setup.device)
-            if use_teacher:
-                teacher_logits = get_teacher_logits(setup.cached_teacher, batch, setup.device)
-                mask = known[batch["idx"]].to(setup.device)
-                loss = logits.new_zeros(())
-                if mask.any():
-                    loss = loss + mask.sum() * blend(logits[mask], teacher_logits[mask], labels[mask])[0]
-                if (~mask).any():  # unknown labels: pass zeros so that no true label is ever read
-                    unknown = torch.zeros_like(labels[~mask])
-                    loss = loss + (~mask).sum() * soft_only(logits[~mask], teacher_logits[~mask], unknown)[0]
-                loss = loss / len(labels)
-            else:
-                loss = torch.nn.functional.cross_entropy(logits, labels)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            losses.append(loss.item())
-            done += 1
-            if done >= steps:
-                break
-    accuracy = evaluate_model(student, setup.val_loader, setup.device)
-    return {"accuracy": accuracy, "labelled_rows": int(known.sum()), "steps": done, "losses": losses,
-            "use_teacher": use_teacher, "fraction": fraction}

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import copy
 import io
-import statistics
-import time
 
 import numpy as np
 import torch
-from sklearn.metrics import accuracy_score, confusion_matrix, log_loss
+from sklearn.metrics import accuracy_score, confusion_matrix
 from torch import nn
+from torch.nn import functional as F
 
 from kd_helpers.models import count_parameters
 from kd_helpers.train import model_inputs
@@ -49,10 +48,10 @@ def expected_calibration_error(probs, labels, n_bins: int = 15) -> float:
     return float((gaps * bins["count"][filled]).sum() / bins["count"].sum())
 
 
-def nll(probs, labels) -> float:
-    """Mean negative log-likelihood of the true labels."""
-    probs = np.asarray(probs, dtype=float)
-    return float(log_loss(np.asarray(labels), probs, labels=list(range(probs.shape[1]))))
+def nll(logits, labels) -> float:
+    """Mean negative log-likelihood of the true labels, from the logits (no clipped probabilities)."""
+    logits = torch.as_tensor(np.asarray(logits), dtype=torch.float64)
+    return float(F.cross_entropy(logits, torch.as_tensor(np.asarray(labels), dtype=torch.long)))
 
 
 def confusion(labels, predictions, num_classes: int = 2) -> list:
@@ -67,26 +66,28 @@ def size_mb(model: nn.Module) -> float:
 
 
 @torch.inference_mode()
-def latency(model: nn.Module, batch1: dict, batch32: dict, repeats: int = 30, warmup: int = 5) -> dict:
-    """CPU latency at batch 1 (median ms over ``repeats`` runs after warm-up) and throughput at batch 32."""
+def latency(model: nn.Module, batch1: dict, batch32: dict, min_run_time: float = 1.0) -> dict:
+    """CPU latency at batch 1 and throughput at batch 32, with ``torch.utils.benchmark``.
+
+    ``blocked_autorange`` warms up, runs blocks of calls for at least ``min_run_time`` seconds on the current
+    thread count, and reports the median and the interquartile range of the per-call time. A difference between
+    two models smaller than their IQRs is not a difference.
+    """
+    from torch.utils import benchmark
+
     model = model.to("cpu").eval()
     device = torch.device("cpu")
-    one, many = model_inputs(model, batch1, device), model_inputs(model, batch32, device)
-    for _ in range(warmup):
-        model(**one)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        model(**one)
-        times.append(time.perf_counter() - start)
-    model(**many)
-    big = []
-    for _ in range(max(3, repeats // 10)):
-        start = time.perf_counter()
-        model(**many)
-        big.append(time.perf_counter() - start)
-    rows = many["input_ids"].shape[0]
-    return {"latency_ms_batch1": 1000 * statistics.median(times), "throughput_batch32": rows / statistics.median(big)}
+    out = {}
+    for name, batch in (("batch1", batch1), ("batch32", batch32)):
+        inputs = model_inputs(model, batch, device)
+        timer = benchmark.Timer(stmt="model(**inputs)", globals={"model": model, "inputs": inputs},
+                                num_threads=torch.get_num_threads())
+        measurement = timer.blocked_autorange(min_run_time=min_run_time)
+        out[name] = (measurement.median, measurement.iqr, inputs["input_ids"].shape[0])
+    median1, iqr1, _ = out["batch1"]
+    median32, iqr32, rows = out["batch32"]
+    return {"latency_ms_batch1": 1000 * median1, "latency_iqr_ms_batch1": 1000 * iqr1,
+            "throughput_batch32": rows / median32, "throughput_iqr_batch32": rows * iqr32 / median32**2}
 
 
 def quantize_int8(model: nn.Module) -> nn.Module:
@@ -101,7 +102,7 @@ def quantize_int8(model: nn.Module) -> nn.Module:
 
 
 def model_report(logits: torch.Tensor, labels, teacher_predictions, model: nn.Module, batch1: dict,
-                 batch32: dict, repeats: int = 30) -> dict:
+                 batch32: dict, min_run_time: float = 1.0) -> dict:
     """Every metric for one model, from its validation logits and a latency run."""
     probs = torch.softmax(logits.double(), dim=-1).numpy()
     predictions = probs.argmax(axis=1)
@@ -110,10 +111,10 @@ def model_report(logits: torch.Tensor, labels, teacher_predictions, model: nn.Mo
         "accuracy": accuracy(labels, predictions),
         "agreement_with_teacher": agreement(predictions, teacher_predictions),
         "ece": expected_calibration_error(probs, labels),
-        "nll": nll(probs, labels),
+        "nll": nll(logits, labels),
         "confusion_matrix": confusion(labels, predictions, probs.shape[1]),
         "params": count_parameters(model),
         "size_mb": size_mb(model),
     }
-    report.update(latency(model, batch1, batch32, repeats=repeats))
+    report.update(latency(model, batch1, batch32, min_run_time=min_run_time))
     return report

@@ -149,7 +149,8 @@ def make_tiny_student(base: PreTrainedModel, seed: int = 42, init: str = "base",
     tiny_cfg = AlbertConfig(
         vocab_size=cfg.vocab_size, embedding_size=embedding_size, hidden_size=cfg.hidden_size,
         num_hidden_layers=1, num_hidden_groups=1, inner_group_num=1, num_attention_heads=cfg.num_attention_heads,
-        intermediate_size=cfg.intermediate_size, hidden_act=cfg.hidden_act, max_position_embeddings=cfg.max_position_embeddings,
+        intermediate_size=cfg.intermediate_size, hidden_act=cfg.hidden_act,
+        max_position_embeddings=cfg.max_position_embeddings,
         type_vocab_size=cfg.type_vocab_size, layer_norm_eps=cfg.layer_norm_eps, hidden_dropout_prob=0.1,
         attention_probs_dropout_prob=0.1, classifier_dropout_prob=0.1, num_labels=cfg.num_labels,
         pad_token_id=cfg.pad_token_id)
@@ -198,7 +199,15 @@ def freeze_embeddings(model: PreTrainedModel) -> None:
 
 
 def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
+    """Every weight the model holds, including the packed weights of int8-quantised ``Linear`` layers
+    (``parameters()`` no longer lists those: quantisation changes how weights are stored, not how many)."""
+    total = sum(p.numel() for p in model.parameters())
+    for module in model.modules():
+        if "quantized" in type(module).__module__ and hasattr(module, "weight") and callable(module.weight):
+            total += module.weight().numel()
+            bias = module.bias() if callable(getattr(module, "bias", None)) else None
+            total += bias.numel() if bias is not None else 0
+    return total
 
 
 def parameter_checksum(model: nn.Module) -> float:

@@ -28,7 +28,7 @@ import numpy as np
 
 from kd_helpers import stats
 from kd_helpers.cache import atomic_write_json, cache_key, read_json_checked
-from kd_helpers.config import KDConfig, cache_dir, fast_mode
+from kd_helpers.config import KDConfig, cache_dir
 from kd_helpers.data import fingerprint
 from kd_helpers.errors import KDError
 from kd_helpers.train import evaluate_model
@@ -232,7 +232,9 @@ def check_grid(temperatures: Sequence[float], alphas: Sequence[float]) -> None:
 
 def accuracy_grid(results: dict, temperatures: Sequence[float] | None = None,
                   alphas: Sequence[float] | None = None, what: str = "accuracy") -> np.ndarray:
-    """Mean final accuracy (or ``what="sd"``) per (T, alpha): rows ``temperatures``, columns ``alphas``; NaN: not run."""
+    """Mean final accuracy (or ``what="sd"``) per (T, alpha): rows follow ``temperatures``, columns ``alphas``.
+
+    NaN where a configuration has not been trained."""
     temperatures = results["temperatures"] if temperatures is None else temperatures
     alphas = results["alphas"] if alphas is None else alphas
     grid = np.full((len(temperatures), len(alphas)), np.nan)
@@ -286,14 +288,24 @@ def summary(results: dict) -> dict:
 
 
 def structure(results: dict) -> dict:
-    """Is there signal across the grid? The spread of cell means against the mean per-cell standard error."""
-    cells = summary(results)["cells"]
+    """Is there signal across the grid? The spread of cell means against the mean standard error of a cell mean.
+
+    Reported twice: over the whole heatmap (the 16 KD cells and the CE-only column) and over the KD cells only
+    (does T or alpha matter once the teacher is used?). A ratio well above 3 is structure; near 1 to 2, noise.
+    """
+    summary_ = summary(results)
+    cells = summary_["cells"]
     if len(cells) < 2:
         return {}
-    means = np.array([c["mean"] for c in cells])
-    ses = np.array([c["sd"] / np.sqrt(c["n"]) for c in cells])
-    return {"range": float(means.max() - means.min()), "sd_of_means": float(means.std(ddof=1)),
-            "mean_se": float(ses.mean()), "range_over_se": float((means.max() - means.min()) / ses.mean())}
+    out = {}
+    groups = {"kd_cells": cells, "with_baseline": cells + ([summary_["baseline"]] if summary_["baseline"] else [])}
+    for name, group in groups.items():
+        means = np.array([c["mean"] for c in group])
+        ses = np.array([c["sd"] / np.sqrt(c["n"]) for c in group])
+        spread = float(means.max() - means.min())
+        out[name] = {"range": spread, "sd_of_means": float(means.std(ddof=1)), "mean_se": float(ses.mean()),
+                     "range_over_se": spread / float(ses.mean()) if ses.mean() > 0 else float("inf")}
+    return out
 
 
 def format_grid(results: dict) -> str:

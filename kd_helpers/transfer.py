@@ -25,7 +25,7 @@ from transformers import DataCollatorWithPadding, get_linear_schedule_with_warmu
 from kd_helpers import data as kd_data
 from kd_helpers.augment import augment
 from kd_helpers.errors import KDError
-from kd_helpers.experiment import Setup, labelled_mask, new_student
+from kd_helpers.experiment import Setup, new_student
 from kd_helpers.loss import UNLABELLED, DistillationLoss
 from kd_helpers.teacher import cached_teacher_logits
 from kd_helpers.train import CachedTeacher, TrainingRun, predict_logits, train_epoch
@@ -50,6 +50,13 @@ class TransferSetup:
     n_variants: int
     test_loader: DataLoader | None = None
     timings: dict = field(default_factory=dict)
+
+
+def labelled_mask(n: int, fraction: float, seed: int) -> torch.Tensor:
+    """Which of ``n`` training rows keep their label when only a ``fraction`` is known (seeded, random)."""
+    known = torch.zeros(n, dtype=torch.bool)
+    known[torch.randperm(n, generator=torch.Generator().manual_seed(seed))[: max(1, round(fraction * n))]] = True
+    return known
 
 
 def prepare_transfer(setup: Setup, n_variants: int = N_VARIANTS, fraction: float = 1.0, label_seed: int = 0,
@@ -247,10 +254,9 @@ def compare_methods(ts: TransferSetup, seeds: list, steps: int, methods: tuple =
             log(f"  {method:7s} seed {seed}: test accuracy {record['test_accuracy'][-1]:.4f} "
                 f"({record['seconds'][-1]:.0f} s)")
         out["methods"][method] = record
-        out["by_length"][method] = {
-            f"{lo}-{hi}" if hi < 10_000 else f">={lo}": float(torch.stack(correct[method])[:, (words >= lo) & (words <= hi)]
-                                                               .float().mean())
-            for lo, hi in LENGTH_BUCKETS}
+        right = torch.stack(correct[method]).float()  # (seeds, rows)
+        out["by_length"][method] = {_bucket(lo, hi): float(right[:, (words >= lo) & (words <= hi)].mean())
+                                    for lo, hi in LENGTH_BUCKETS}
     for method in methods:
         if method == "ce" or "ce" not in correct:
             continue
@@ -264,10 +270,13 @@ def compare_methods(ts: TransferSetup, seeds: list, steps: int, methods: tuple =
             "mcnemar_pooled": stats.pooled_mcnemar([(a.numpy(), b.numpy()) for a, b in pairs]),
             "bootstrap": _bootstrap_seed_mean(correct[method], correct["ce"]),
         }
-    out["bucket_rows"] = {f"{lo}-{hi}" if hi < 10_000 else f">={lo}": int(((words >= lo) & (words <= hi)).sum())
-                          for lo, hi in LENGTH_BUCKETS}
+    out["bucket_rows"] = {_bucket(lo, hi): int(((words >= lo) & (words <= hi)).sum()) for lo, hi in LENGTH_BUCKETS}
     out["students"] = students
     return out
+
+
+def _bucket(lo: int, hi: int) -> str:
+    return f"{lo}-{hi}" if hi < 10_000 else f">={lo}"
 
 
 def _bootstrap_seed_mean(correct_a: list, correct_b: list) -> dict:

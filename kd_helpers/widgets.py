@@ -124,7 +124,8 @@ class TrainingExplorer(widgets.VBox):
                                                    layout={"width": "150px"}, style=WIDE)
         self.train_button = widgets.Button(description="Train this configuration", icon="play",
                                            disabled=setup is None, layout={"width": "220px"},
-                                           tooltip="needs setup=transfer.prepare_transfer(...)" if setup is None else "")
+                                           tooltip="" if setup is not None
+                                           else "needs setup=transfer.prepare_transfer(...)")
         self.status, self.training_output, self.last_update_s = widgets.HTML(), widgets.Output(), 0.0
         self._quiet = False
         self.view = results

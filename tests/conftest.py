@@ -28,9 +28,12 @@ def _loopback_only(self, address):
     return _real_connect(self, address)
 
 
-@pytest.fixture(autouse=True)
-def no_network(monkeypatch):
-    monkeypatch.setattr(socket.socket, "connect", _loopback_only)
+@pytest.fixture(scope="session", autouse=True)
+def no_network():
+    """Session-wide, so that module- and session-scoped fixtures (the fast distill run) are guarded too."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(socket.socket, "connect", _loopback_only)
+        yield
 
 
 @pytest.fixture(scope="session")

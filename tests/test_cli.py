@@ -54,6 +54,27 @@ def test_default_path_opens_no_connection(fast_run):
     assert fast_run["attempts"] == []
 
 
+def test_the_guard_is_active_inside_module_fixtures(fast_run, monkeypatch):
+    """The guard catches a deliberate connection attempt made on the default path (and it was on for fast_run)."""
+    import socket
+
+    from kd_helpers import experiment
+
+    assert socket.socket.connect.__name__ == "_loopback_only"
+    NETWORK_ATTEMPTS.clear()
+
+    def phone_home():
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.connect(("203.0.113.7", 443))  # TEST-NET-3: never routed; refused by the guard before any packet
+
+    real_minilm_dir = experiment.minilm_dir
+    monkeypatch.setattr(experiment, "minilm_dir", lambda: (phone_home(), real_minilm_dir())[1])
+    with pytest.raises(ConnectionRefusedError):
+        cli.main(["distill", "--fast", "--output-dir", "unused"])
+    assert NETWORK_ATTEMPTS == [("203.0.113.7", 443)]
+    NETWORK_ATTEMPTS.clear()
+
+
 def test_saved_student_works_with_pipeline(fast_run):
     from transformers import pipeline
 
@@ -83,3 +104,17 @@ def test_students_start_identical():
     base = load_classifier(minilm_dir())
     a, b = make_student(base, "base", seed=3), make_student(base, "base", seed=3)
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+
+
+def test_small_student_section_and_saved_model(fast_run, capsys):
+    """results.json's small_student block (per-seed lists in seed order) and the saved tiny KD student."""
+    small = fast_run["results"]["small_student"]
+    assert small["seeds"] == [1, 2, 3]
+    assert len(small["kd_test_accuracy"]) == len(small["ce_test_accuracy"]) == 3
+    assert 0.0 <= small["paired_p_value"] <= 1.0 and 0.0 < small["teacher_test_accuracy"] <= 1.0
+    assert small["student_params"] <= small["teacher_params"] / 5
+    code = cli.main(["evaluate", "--model", str(fast_run["out"] / "student_small"),
+                     "--data", str(corpus_dir() / "test.csv"), "--json"])
+    assert code == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["n"] == 720
+    assert "Tiny student" in cli.format_table(fast_run["results"])

@@ -44,9 +44,11 @@ def test_ece_by_hand():
     assert len(bins["edges"]) == 16
 
 
-def test_nll_by_hand():
+def test_nll_by_hand_from_logits():
     probs = np.array([[0.8, 0.2], [0.25, 0.75]])
-    assert nll(probs, [0, 1]) == pytest.approx(-(math.log(0.8) + math.log(0.75)) / 2)
+    assert nll(np.log(probs), [0, 1]) == pytest.approx(-(math.log(0.8) + math.log(0.75)) / 2)
+    # a confident mistake: clipped probabilities would cap this at -log(1e-15); the logits give the true value
+    assert nll(np.array([[0.0, 60.0]]), [0]) == pytest.approx(60.0, rel=1e-9)
 
 
 def test_confusion_matrix():
@@ -60,6 +62,9 @@ def test_int8_model_is_smaller_and_close():
     x = torch.randn(8, 64)
     assert size_mb(q) < size_mb(model) / 2
     torch.testing.assert_close(q(x), model(x), atol=0.05, rtol=0.1)
+    from kd_helpers.models import count_parameters
+
+    assert count_parameters(q) == count_parameters(model) == 64 * 256 + 256 + 256 * 2 + 2  # the same weights
 
 
 def test_latency_reports_both_numbers(tiny_bert_dir):
@@ -68,5 +73,6 @@ def test_latency_reports_both_numbers(tiny_bert_dir):
     model, tokenizer = load_classifier(tiny_bert_dir), load_tokenizer(tiny_bert_dir)
     one = tokenizer(["a fine film"], return_tensors="pt")
     many = tokenizer(["a fine film"] * 32, return_tensors="pt", padding=True)
-    result = latency(model, one, many, repeats=5, warmup=1)
+    result = latency(model, one, many, min_run_time=0.05)
     assert result["latency_ms_batch1"] > 0 and result["throughput_batch32"] > 0
+    assert result["latency_iqr_ms_batch1"] >= 0 and result["throughput_iqr_batch32"] >= 0

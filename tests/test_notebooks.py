@@ -28,7 +28,7 @@ MAIN_HEADINGS = ("What you will learn", "Prerequisites", "Runtime", "Settings", 
 SOLUTION_HEADINGS = ("Runtime", "Settings", "Exercise 1")
 # calls whose printed results are training metrics or timings: never in a checked cell
 TRAINING_CALLS = ("prepare(", "train_student(", "distill(", "train_epoch(", "run_sweep(", "compare_models(",
-                  "train_few_labels(", "evaluate_model(", "perf_counter(")
+                  "compare_methods(", "train_method(", "prepare_transfer(", "evaluate_model(", "perf_counter(")
 
 
 def _id(path: Path) -> str:

@@ -30,6 +30,8 @@ BAD_FILES = {
     "fields.csv": (b"text,label\nfine, really fine,1\n", "row 1 has 3 fields"),
     "bad.jsonl": (b'{"text": "fine", "label": 1}\n{"text": oops}\n', "line 2 is not valid JSON"),
     "data.txt": (b"whatever", "unsupported file type"),
+    "pretty.json": (b'{\n  "text": "fine",\n  "label": 1\n}\n', "read as JSON Lines (one object per line) or as one"),
+    "broken_array.json": (b'[{"text": "fine", "label": 1},', "not valid JSON"),
 }
 
 
@@ -58,6 +60,18 @@ def test_good_files_load(tmp_path):
     assert load_table(tmp_path / "a.csv")["text"] == ["a gorgeous, moving film", "a tedious slog"]
     assert load_table(tmp_path / "b.tsv")["text"] == ["null", "n/a"]  # words, not missing values
     assert load_table(tmp_path / "c.jsonl")["label"] == [1, 0]
+    (tmp_path / "d.csv").write_text("text, label\nfine film, 1\n")  # spaces after the commas of the header
+    assert load_table(tmp_path / "d.csv")["label"] == [1]
+    (tmp_path / "e.json").write_text('[{"text": "fine", "label": 1}, {"text": "poor", "label": 0}]')
+    assert load_table(tmp_path / "e.json")["text"] == ["fine", "poor"]
+
+
+def test_unwritable_output_dir_is_one_line(tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    assert cli.main(["distill", "--fast", "--output-dir", str(blocker / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --output-dir {blocker / 'out'}: cannot write there") and err.count("\n") == 1
 
 
 @pytest.mark.parametrize("args, message", [
@@ -69,7 +83,7 @@ def test_good_files_load(tmp_path):
     (["--lr", "-1"], "--lr -1.0: must be a finite number > 0"),
     (["--max-length", "2"], "--max-length 2"),
     (["--temperature", "hot"], "argument --temperature: invalid float value: 'hot'"),
-    (["--student", "tiny"], "argument --student: invalid choice"),
+    (["--student", "huge"], "argument --student: invalid choice"),
     (["--device", "tpu"], "--device 'tpu'"),
 ])
 def test_bad_options_exit_2_with_one_line(capsys, args, message):

@@ -193,3 +193,14 @@ def test_cli_defaults_match_the_sweep_module():
 def test_default_results_path():
     assert sweep.default_results_path(KDConfig(fast=True, output_dir="out")).as_posix() == "out/sweep_results_fast.json"
     assert sweep.default_results_path(KDConfig()) == sweep.REPO / "notebooks" / "data" / "sweep_results.json"
+
+
+def test_structure_compares_the_spread_of_cell_means_with_their_standard_error(tmp_path, calls):
+    results = _run(tmp_path / "s.json", seeds=[1, 2, 3])
+    shape = sweep.structure(results)
+    cells = [sweep.find_run(results, t, 0.5) for t in (2.0, 4.0)]
+    se = np.mean([c["sd"] / np.sqrt(3) for c in cells])
+    assert shape["kd_cells"]["range"] == pytest.approx(abs(cells[0]["accuracy"] - cells[1]["accuracy"]))
+    assert shape["kd_cells"]["range_over_se"] == pytest.approx(shape["kd_cells"]["range"] / se)
+    baseline = sweep.find_run(results, None, 0.0)["accuracy"]
+    assert shape["with_baseline"]["range"] == pytest.approx(max(c["accuracy"] for c in cells) - baseline)

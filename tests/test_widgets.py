@@ -17,7 +17,6 @@ from kd_helpers.loss import DistillationLoss
 from kd_helpers.metrics import reliability_bins
 from kd_helpers.train import TrainingRun
 
-
 N_ROWS = 50
 
 
