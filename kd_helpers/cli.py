@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=42)
     d.add_argument("--output-dir", default="outputs")
     d.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, mps")
-    d.add_argument("--fast", action="store_true", help="small subset, 1 epoch, compact student (also KD_FAST=1)")
+    d.add_argument("--fast", action="store_true", help="small subset, 2 epochs, compact student (also KD_FAST=1)")
     d.add_argument("--no-baseline", action="store_true", help="skip the CE-only student")
     d.add_argument("--no-small-student", action="store_true",
                    help="skip the tiny student + transfer set vs CE-only comparison (3 seeds)")

@@ -56,7 +56,7 @@ def pick_device(name: str | None = None) -> torch.device:
 class KDConfig:
     """One distillation experiment. ``alpha`` weights the KL (distillation) term, as in the reference.
 
-    ``fast=True`` keeps the same code path but shrinks it: a few hundred rows, one epoch, the compact student.
+    ``fast=True`` keeps the same code path but shrinks it: a few hundred rows, two epochs, a small student.
     """
 
     preset: str = "minilm"
@@ -90,9 +90,10 @@ class KDConfig:
         if self.lr is None:
             self.lr = DEFAULT_LR.get(self.student, DEFAULT_LR["base"])
         self.validate()  # the user's values first, so that fast mode cannot hide a bad one
-        if self.fast:  # same code path, shrunk: a few hundred rows, one student epoch, a small student
+        if self.fast:  # same code path, shrunk: a few hundred rows, two student epochs, a small student
             self.student = "compact" if self.student == "base" else self.student
-            self.epochs = 1
+            # 25 steps (one epoch) left the compact student at chance; 50 steps learn (54 %, loss 0.45 -> 0.34)
+            self.epochs = 2
             self.teacher_epochs = 3
             self.batch_size = 16
             self.teacher_lr = 1e-4

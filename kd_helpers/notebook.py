@@ -58,7 +58,7 @@ def print_environment(config) -> None:
     import kd_helpers
     from kd_helpers.config import cache_dir, pick_device
 
-    mode = "fast (KD_FAST=1: small subset, 1 epoch, compact student)" if config.fast else "full"
+    mode = "fast (KD_FAST=1: small subset, few steps, small student)" if config.fast else "full"
     print(f"python        {platform.python_version()}")
     print(f"torch         {torch.__version__}")
     print(f"transformers  {transformers.__version__}")

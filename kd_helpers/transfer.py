@@ -212,7 +212,7 @@ def predictions(model, loader, device) -> tuple[torch.Tensor, torch.Tensor]:
 def evaluate(model, loader, device) -> float:
     """Accuracy (the same number ``evaluate_model`` gives; kept here so that this module reads on its own)."""
     predicted, labels = predictions(model, loader, device)
-    return float((predicted == labels).float().mean())
+    return (predicted == labels).sum().item() / len(labels)
 
 
 LENGTH_BUCKETS = ((1, 9), (10, 24), (25, 10_000))  # words: short, medium, long (real reviews run long)
@@ -247,7 +247,7 @@ def compare_methods(ts: TransferSetup, seeds: list, steps: int, methods: tuple =
             predicted, labels = predictions(student, ts.test_loader, ts.setup.device)
             right = (predicted == labels)
             correct[method].append(right)
-            record["test_accuracy"].append(float(right.float().mean()))
+            record["test_accuracy"].append(right.sum().item() / len(right))
             record["history"].append(run.history)
             record["seconds"].append(round(time.perf_counter() - start, 1))
             students.setdefault(method, student)

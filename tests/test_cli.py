@@ -36,7 +36,7 @@ def test_distill_fast_end_to_end(fast_run, capsys):
         assert MODEL_KEYS <= set(report)
     assert results["models"]["teacher"]["agreement_with_teacher"] == 1.0
     assert results["models"]["student_kd"]["params"] < results["models"]["teacher"]["params"]
-    assert len(results["history"]) == 1
+    assert len(results["history"]) == 2
     assert set(results["history"][0]) == {"epoch", "loss", "distill_loss", "student_loss", "accuracy"}
 
 
@@ -95,7 +95,7 @@ def test_evaluate_json(fast_run, capsys):
 def test_table_lists_the_four_headline_accuracies(fast_run):
     table = cli.format_table(fast_run["results"])
     assert table.splitlines()[0] == "| Teacher | Student before | Student after (KD) | Student CE-only |"
-    assert "agreement with teacher" in table and "latency, batch 1 (CPU)" in table
+    assert "agreement with teacher" in table and "latency, batch 1 (CPU, median)" in table and "latency IQR" in table
 
 
 def test_students_start_identical():

@@ -36,7 +36,7 @@ def test_distilbert_sst2_preset_runs_on_local_checkouts(tmp_path, monkeypatch, g
     assert config.data == "sst2"
     results = run_experiment(config, log=lambda *a: None, progress=False)
     assert results["interrupted"] is False
-    assert len(results["history"]) == 1
+    assert len(results["history"]) == 2
     assert set(results["models"]) >= {"teacher", "student_kd", "student_ce"}
     saved = json.loads((tmp_path / "student" / "config.json").read_text())
     assert saved["model_type"] == "distilbert" and saved["n_layers"] == 2
