@@ -203,9 +203,9 @@ def _split(items: list, parts: int) -> list:
 def predictions(model, loader, device) -> tuple[torch.Tensor, torch.Tensor]:
     """``(predicted class, true label)`` per row, in the split's row order."""
     logits = predict_logits(model, loader, device)
+    data = loader.dataset  # tokenised rows: ``idx`` is each row's position, so labels line up with the logits
     labels = torch.empty(len(logits), dtype=torch.long)
-    for batch in loader:
-        labels[batch["idx"]] = batch["labels"]
+    labels[torch.tensor(data["idx"])] = torch.tensor(data["labels"])
     return logits.argmax(-1), labels
 
 

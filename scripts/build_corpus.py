@@ -29,8 +29,8 @@ def read_split(name: str) -> list[tuple[str, int]]:
         return [(r["text"], int(r["label"])) for r in csv.DictReader(fh)]
 
 
-def build_test(paths: list[str]) -> None:
-    seen = {normalise(text) for name in ("train", "validation") for text, _ in read_split(name)}
+def read_batches(paths: list[str], seen: set) -> tuple[list[tuple[str, int]], int]:
+    """New rows of the batches (normalised text not in ``seen``, label 0/1), and how many were dropped."""
     rows, dropped = [], 0
     for path in paths:
         with open(path, newline="", encoding="utf-8") as fh:
@@ -42,6 +42,12 @@ def build_test(paths: list[str]) -> None:
                     continue
                 seen.add(key)
                 rows.append((text, int(record["label"])))
+    return rows, dropped
+
+
+def build_test(paths: list[str]) -> None:
+    seen = {normalise(text) for name in ("train", "validation") for text, _ in read_split(name)}
+    rows, dropped = read_batches(paths, seen)
     random.Random(17).shuffle(rows)
     with open(OUT / "test.csv", "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
@@ -53,16 +59,7 @@ def build_test(paths: list[str]) -> None:
 def main(paths: list[str]) -> None:
     if paths and paths[0] == "--test":
         return build_test(paths[1:])
-    seen, rows = set(), []
-    for path in paths:
-        with open(path, newline="", encoding="utf-8") as fh:
-            for record in csv.DictReader(fh):
-                text = " ".join(record["text"].strip().lower().split())
-                key = normalise(text)
-                if not key or key in seen or record["label"] not in {"0", "1"}:
-                    continue
-                seen.add(key)
-                rows.append((text, int(record["label"])))
+    rows, _ = read_batches(paths, set())
     rng = random.Random(13)
     train, validation = [], []
     for label in (0, 1):
