@@ -2,8 +2,16 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.kd_installed
-# Installed first when the venv has no torch; on machines with a local CPU wheel this is quick.
+PYTHON ?= python3
+# torch is installed first when the venv has none: the tested version. Without an NVIDIA GPU (no nvidia-smi) it
+# comes from PyTorch's CPU index when that is reachable (about 200 MB instead of several GB of CUDA libraries);
+# where pip finds a local wheel (this project's CI) or the index is unreachable, pip's own sources decide.
+# Override: make setup TORCH="torch==2.13.0" TORCH_INDEX="--index-url https://download.pytorch.org/whl/cu128"
 TORCH ?= torch==2.13.0
+TORCH_INDEX ?= $(shell command -v nvidia-smi >/dev/null 2>&1 || ! curl -fs -m 3 -o /dev/null \
+	https://download.pytorch.org/whl/cpu/torch/ 2>/dev/null || echo --index-url https://download.pytorch.org/whl/cpu)
+# The Python versions `make setup` was run and tested with (README: Set-up).
+PY_SUPPORTED := 3.11 3.12
 PYTEST_ARGS ?=
 
 .PHONY: setup lock demo compare test lint unit nbtest notebooks sweep bench lab clean
@@ -11,8 +19,9 @@ PYTEST_ARGS ?=
 setup: $(STAMP)
 
 $(STAMP): requirements.txt constraints.txt pyproject.toml
-	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH)"
+	@test -x $(PY) || $(PYTHON) scripts/check_python.py $(PY_SUPPORTED)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH)" $(TORCH_INDEX)
 	$(PY) -m pip install -q -c constraints.txt -r requirements.txt
 	$(PY) -m pip install -q --no-deps -e .
 	touch $(STAMP)

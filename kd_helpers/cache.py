@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import ctypes
+import glob
 import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -33,6 +37,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write to a temporary file in the same folder, fsync, then rename over ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
@@ -75,6 +80,7 @@ def save_tensor(path: str | Path, tensor: torch.Tensor, key: str) -> None:
     meta = {"key": key, "sha256": _tensor_sha(tensor)}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
@@ -117,20 +123,72 @@ def check_writable(folder: str | Path, option: str = "--output-dir") -> Path:
     return folder
 
 
+STALE_TMP_S = 3600  # a temporary entry older than this was left by a crashed writer: removed on the next write
+
+
 def atomic_dir(final: str | Path, build: Callable[[Path], None]) -> Path:
-    """Build a directory in a temporary sibling with ``build(tmp)``, then rename it to ``final``."""
+    """Build a directory in a temporary sibling with ``build(tmp)``, then swap it in for ``final``.
+
+    Readers see the old complete folder or the new complete folder, never a partial one: where ``final`` exists
+    the two are exchanged atomically (Linux ``renameat2``; elsewhere the old one is renamed aside first) and only
+    then is the old one deleted. Concurrent writers both succeed (the last one wins). Temporary siblings left by
+    a crash more than :data:`STALE_TMP_S` ago are removed.
+    """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(final)
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
     try:
         build(tmp)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        _swap_in(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final
+
+
+def _swap_in(tmp: Path, final: Path) -> None:
+    try:
+        os.rename(tmp, final)  # atomic when final does not exist (or is an empty folder)
+        return
+    except OSError:
+        if not final.is_dir():
+            raise
+    if _exchange(tmp, final):  # tmp now holds the old folder
+        shutil.rmtree(tmp, ignore_errors=True)
+        return
+    aside = final.with_name(f".{final.name}.{os.getpid()}.{time.monotonic_ns()}.old.tmp")
+    os.rename(final, aside)
+    os.rename(tmp, final)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically exchange two paths (Linux ``renameat2(RENAME_EXCHANGE)``); False where that is unavailable."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
+def remove_stale_temporaries(final: str | Path, max_age_s: float = STALE_TMP_S) -> list[Path]:
+    """Delete ``.<name>.*.tmp`` siblings of ``final`` (files or folders) older than ``max_age_s``."""
+    final = Path(final)
+    removed, now = [], time.time()
+    for entry in final.parent.glob(f".{glob.escape(final.name)}.*.tmp"):
+        try:
+            if now - entry.lstat().st_mtime < max_age_s:
+                continue
+            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+            removed.append(entry)
+        except OSError:
+            continue  # another process removed or is using it
+    return removed
 
 
 def _default_mode(path: str) -> None:

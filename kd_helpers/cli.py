@@ -6,12 +6,13 @@ Bad input ends with one ``error: ...`` line on stderr and exit code 2; Ctrl-C sa
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
 from pathlib import Path
 
-from kd_helpers.config import PRESETS, STUDENTS, KDConfig, fast_mode
+from kd_helpers.config import STUDENTS, KDConfig
 from kd_helpers.errors import KDError, NonFiniteLossError
 
 SWEEP_SEEDS, SWEEP_STEPS, SWEEP_FRACTION = (1, 2, 3), 800, 0.1  # kd_helpers.sweep's defaults (asserted in tests)
@@ -34,25 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     d = commands.add_parser("distill", help="teacher -> student distillation, with a CE-only baseline")
-    d.add_argument("--preset", choices=PRESETS, default="minilm",
-                   help="minilm: offline default (bundled MiniLM, embedded corpus); distilbert-sst2: the hub")
-    d.add_argument("--student", choices=STUDENTS, default="base",
-                   help="base: same architecture as the teacher; compact: 2 layers of the base")
-    d.add_argument("--data", default=None, help="reviews (default), sst2, or a CSV/TSV/JSONL file or folder")
-    d.add_argument("--teacher", default=None, help="a fine-tuned teacher (model id or folder) instead of the preset's")
-    d.add_argument("--temperature", type=float, default=4.0)
-    d.add_argument("--alpha", type=float, default=0.7, help="weight of the KL (teacher) term; 1-alpha weights CE")
-    d.add_argument("--epochs", type=int, default=3)
-    d.add_argument("--batch-size", type=int, default=32)
-    d.add_argument("--lr", type=float, default=None, help="student learning rate (default: 5e-5 base, 2e-4 compact)")
-    d.add_argument("--max-length", type=int, default=64)
-    d.add_argument("--seed", type=int, default=42)
-    d.add_argument("--output-dir", default="outputs")
-    d.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, mps")
-    d.add_argument("--fast", action="store_true", help="small subset, 2 epochs, compact student (also KD_FAST=1)")
-    d.add_argument("--no-baseline", action="store_true", help="skip the CE-only student")
-    d.add_argument("--no-small-student", action="store_true",
-                   help="skip the tiny student + transfer set vs CE-only comparison (3 seeds)")
+    add_config_options(d)
+    d.add_argument("--fast", action="store_true", help="small subset, 2 epochs, compact student unless you choose "
+                   "others (also KD_FAST=1)")
 
     e = commands.add_parser("evaluate", help="accuracy of a saved model on a data file")
     e.add_argument("--model", required=True, help="a folder saved by distill (e.g. outputs/student)")
@@ -87,6 +72,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def add_config_options(parser: argparse.ArgumentParser) -> None:
+    """One option per ``KDConfig`` field with ``option(...)`` metadata: names, help and defaults from one place.
+
+    Options left out are not passed on, so ``KDConfig`` applies its (mode-dependent) default.
+    """
+    for f in dataclasses.fields(KDConfig):
+        if "help" not in f.metadata:
+            continue
+        meta = dict(f.metadata)
+        flag = meta.pop("flag", "--" + f.name.replace("_", "-"))
+        help_text = meta.pop("help")
+        if f.default not in (None, dataclasses.MISSING) and "action" not in meta and "default" not in help_text:
+            help_text += f" (default {f.default})"
+        parser.add_argument(flag, dest=f.name, default=argparse.SUPPRESS, help=help_text, **meta)
+
+
+def config_from_args(args: argparse.Namespace, **fixed) -> KDConfig:
+    """The ``KDConfig`` for the options given on the command line (and ``KD_FAST`` / ``KD_CPU_BF16``)."""
+    names = {f.name for f in dataclasses.fields(KDConfig)}
+    given = {k: v for k, v in vars(args).items() if k in names and k != "fast"}
+    if getattr(args, "fast", False):
+        given["fast"] = True
+    return KDConfig.from_env(**{**given, **fixed})
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -106,11 +116,7 @@ def main(argv: list[str] | None = None) -> int:
 def cmd_distill(args) -> int:
     from kd_helpers.experiment import run_experiment
 
-    config = KDConfig(preset=args.preset, student=args.student, data=args.data, teacher=args.teacher,
-                      temperature=args.temperature, alpha=args.alpha, epochs=args.epochs,
-                      batch_size=args.batch_size, lr=args.lr, max_length=args.max_length, seed=args.seed,
-                      output_dir=args.output_dir, device=args.device, fast=args.fast or fast_mode(),
-                      baseline=not args.no_baseline, small_student=not args.no_small_student)
+    config = config_from_args(args)
     print(f"kd_helpers distill: preset={config.preset} student={config.student} data={config.data} "
           f"mode={'fast' if config.fast else 'full'}")
     results = run_experiment(config)
@@ -152,7 +158,7 @@ def cmd_sweep(args) -> int:
     from kd_helpers import experiment, sweep, transfer
 
     sweep.check_grid(args.temperatures, args.alphas)
-    config = KDConfig(student=args.student, fast=args.fast or fast_mode())
+    config = config_from_args(args)
     path = Path(args.results) if args.results else sweep.default_results_path(config)
     if args.summary:
         if not path.exists():
@@ -183,8 +189,7 @@ def cmd_compare(args) -> int:
     from kd_helpers import experiment, transfer
     from kd_helpers.cache import atomic_write_json, check_writable
 
-    config = KDConfig(student="tiny", temperature=args.temperature, alpha=args.alpha, output_dir=args.output_dir,
-                      fast=args.fast or fast_mode())
+    config = config_from_args(args, student="tiny")
     steps = args.steps or (FAST_STEPS if config.fast else COMPARE_STEPS)
     check_writable(args.output_dir)
     setup = experiment.prepare(config)
@@ -236,6 +241,8 @@ def format_table(results: dict) -> str:
     keys = ["teacher_accuracy", "student_before_accuracy", "student_after_accuracy", "baseline_accuracy"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head),
              "| " + " | ".join(_pct(results.get(k)) for k in keys) + " |"]
+    if results.get("validation_rows"):
+        lines += ["", noise_line(results.get("teacher_accuracy") or 0.5, results["validation_rows"])]
     models = results.get("models")
     if models:
         names = [(key, title) for key, title in COLUMNS if key in models]
@@ -253,6 +260,19 @@ def format_table(results: dict) -> str:
     if small:
         lines += ["", format_small_student(small)]
     return "\n".join(lines)
+
+
+def noise_line(accuracy: float, n: int) -> str:
+    """How precise one accuracy on ``n`` rows is: its standard error, and a warning when ``n`` is small."""
+    from kd_helpers.experiment import SMALL_VALIDATION_ROWS
+    from kd_helpers.stats import accuracy_se
+
+    se = 100 * accuracy_se(min(max(accuracy, 0.5), 0.99), n)
+    line = (f"{n} validation rows: one accuracy's standard error is about {se:.1f} points; a difference below "
+            f"about {2 * se:.1f} points between two columns of this table is noise.")
+    if n < SMALL_VALIDATION_ROWS:
+        line = f"warning: only {line}"
+    return line
 
 
 def format_small_student(small: dict) -> str:

@@ -52,55 +52,84 @@ def pick_device(name: str | None = None) -> torch.device:
     return torch.device("cpu")
 
 
+def option(help_text: str, **argparse_kwargs) -> dict:
+    """Field metadata that turns a ``KDConfig`` field into a ``distill`` command-line option (see ``cli.py``)."""
+    return {"help": help_text, **argparse_kwargs}
+
+
+# What ``None`` means for the fields whose default depends on the mode: full mode (what learners run) and fast
+# mode (KD_FAST=1: tests and CI; the same code path on a few hundred rows). A value you give always wins.
+FULL = {"student": "base", "epochs": 3, "batch_size": 32, "teacher_epochs": 3, "teacher_lr": 1e-4,
+        "train_rows": None, "val_rows": None}
+# 25 steps (one epoch) left the compact student at chance; 50 steps learn (54 %, loss 0.45 -> 0.34)
+FAST = {"student": "compact", "epochs": 2, "batch_size": 16, "teacher_epochs": 3, "teacher_lr": 1e-4,
+        "train_rows": FAST_TRAIN_ROWS, "val_rows": FAST_VAL_ROWS}
+FAST_COMPACT_LR = 3e-4  # 50 steps at 2e-4 leave the compact student on its starting plateau
+
+
 @dataclass
 class KDConfig:
     """One distillation experiment. ``alpha`` weights the KL (distillation) term, as in the reference.
 
-    ``fast=True`` keeps the same code path but shrinks it: a few hundred rows, two epochs, a small student.
+    Fields left at ``None`` take the mode's value (``FULL``, or ``FAST`` when ``fast=True``: the same code path on a
+    few hundred rows, two epochs, a small student); a value you set is never replaced. The ``distill`` command's
+    options are generated from the fields that carry ``option(...)`` metadata.
     """
 
-    preset: str = "minilm"
-    student: str = "base"  # "base": same architecture; "compact": 2 of its layers; "tiny": 1 layer, 3.9 M params
-    data: str | None = None  # "reviews" (embedded corpus), "sst2" or a local file/folder; None: the preset's
-    temperature: float = 4.0
-    alpha: float = 0.7
-    epochs: int = 3
-    batch_size: int = 32
-    lr: float | None = None  # None: DEFAULT_LR[student]
-    max_length: int = 64
-    seed: int = 42
-    teacher_epochs: int = 3
-    teacher_lr: float = 1e-4  # measured on the corpus: 1e-4 x 3 epochs 85.6 %, 8e-5 x 4 epochs 84.7 %
-    train_rows: int | None = None  # subsample the training split (None = all rows)
-    val_rows: int | None = None
-    output_dir: str = "outputs"
-    device: str = "auto"
+    preset: str = field(default="minilm", metadata=option(
+        "minilm: offline default (bundled MiniLM, embedded corpus); distilbert-sst2: the hub", choices=PRESETS))
+    student: str | None = field(default=None, metadata=option(
+        "base: the teacher's architecture; compact: 2 of its layers; tiny: 1 layer, 3.9 M parameters "
+        "(default base; fast mode compact)", choices=STUDENTS))
+    data: str | None = field(default=None, metadata=option(
+        "reviews (default), sst2, or a CSV/TSV/JSON(L) file or folder with text,label"))
+    temperature: float = field(default=4.0, metadata=option("softmax temperature T of the KL term", type=float))
+    alpha: float = field(default=0.7, metadata=option(
+        "weight of the KL (teacher) term; 1-alpha weights CE (HF and Keras put alpha on CE)", type=float))
+    epochs: int | None = field(default=None, metadata=option("student epochs (default 3; fast mode 2)", type=int))
+    batch_size: int | None = field(default=None, metadata=option(
+        "batch size of teacher and students (default 32; fast mode 16)", type=int))
+    lr: float | None = field(default=None, metadata=option(
+        "student learning rate (default: 5e-5 base, 2e-4 compact, 5e-4 tiny; fast mode 3e-4 compact)", type=float))
+    max_length: int = field(default=64, metadata=option("tokens per row (longer rows are truncated)", type=int))
+    seed: int = field(default=42, metadata=option("seed of teacher, student head and batch order", type=int))
+    teacher_epochs: int | None = field(default=None, metadata=option("teacher fine-tuning epochs (default 3)",
+                                                                     type=int))
+    teacher_lr: float | None = field(default=None, metadata=option(
+        "teacher learning rate (default 1e-4: 85.6 %% on the corpus; 8e-5 x 4 epochs gave 84.7 %%)", type=float))
+    train_rows: int | None = field(default=None, metadata=option(
+        "use only this many training rows (default all; fast mode 400)", type=int))
+    val_rows: int | None = field(default=None, metadata=option(
+        "use only this many validation/test rows (default all; fast mode 200)", type=int))
+    output_dir: str = field(default="outputs", metadata=option("where results.json and the students go"))
+    device: str = field(default="auto", metadata=option("auto (CUDA, then MPS, then CPU), cpu, cuda, mps"))
+    bf16: bool | None = None  # training forwards under bf16 autocast; None: the device's default (precision.py)
     fast: bool = False
-    baseline: bool = True  # also train the CE-only student (alpha = 0) at the same budget
-    small_student: bool = True  # distill: also the tiny student + transfer set vs CE-only, over 3 seeds
-    group_by_length: bool = True
-    freeze_embeddings: bool = False
-    teacher: str | None = None  # override the preset's teacher (model id or directory)
-    base: str | None = None  # override the preset's student base (model id or directory)
+    baseline: bool = field(default=True, metadata=option(
+        "skip the CE-only student", flag="--no-baseline", action="store_false"))
+    small_student: bool = field(default=True, metadata=option(
+        "skip the tiny student + transfer set vs CE-only comparison (3 seeds)", flag="--no-small-student",
+        action="store_false"))
+    group_by_length: bool = field(default=True, metadata=option(
+        "random batches instead of length-grouped chunks", flag="--no-group-by-length", action="store_false"))
+    freeze_embeddings: bool = field(default=False, metadata=option(
+        "freeze the student's embeddings", action="store_true"))
+    teacher: str | None = field(default=None, metadata=option(
+        "a fine-tuned teacher (model id or folder) instead of the preset's"))
+    base: str | None = field(default=None, metadata=option(
+        "the student's starting weights (model id or folder) instead of the preset's"))
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.data is None:
             self.data = "sst2" if self.preset == "distilbert-sst2" else "reviews"
+        mode = FAST if self.fast else FULL
+        for name, value in mode.items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
         if self.lr is None:
-            self.lr = DEFAULT_LR.get(self.student, DEFAULT_LR["base"])
-        self.validate()  # the user's values first, so that fast mode cannot hide a bad one
-        if self.fast:  # same code path, shrunk: a few hundred rows, two student epochs, a small student
-            self.student = "compact" if self.student == "base" else self.student
-            # 25 steps (one epoch) left the compact student at chance; 50 steps learn (54 %, loss 0.45 -> 0.34)
-            self.epochs = 2
-            self.teacher_epochs = 3
-            self.batch_size = 16
-            self.teacher_lr = 1e-4
-            # 25 steps at 1e-4 leave the compact student on its starting plateau
-            self.lr = 3e-4 if self.student == "compact" else DEFAULT_LR[self.student]
-            self.train_rows = min(self.train_rows or FAST_TRAIN_ROWS, FAST_TRAIN_ROWS)
-            self.val_rows = min(self.val_rows or FAST_VAL_ROWS, FAST_VAL_ROWS)
+            fast_compact = self.fast and self.student == "compact"
+            self.lr = FAST_COMPACT_LR if fast_compact else DEFAULT_LR.get(self.student, DEFAULT_LR["base"])
         self.validate()
 
     def validate(self) -> None:
@@ -111,14 +140,15 @@ class KDConfig:
             (_finite_positive(self.temperature), f"--temperature {self.temperature!r}: must be a finite number > 0"),
             (_in_unit(self.alpha), f"--alpha {self.alpha!r}: must be between 0 and 1"),
             (_pos_int(self.epochs), f"--epochs {self.epochs!r}: must be an integer >= 1"),
-            (_pos_int(self.teacher_epochs), f"teacher_epochs {self.teacher_epochs!r}: must be an integer >= 1"),
+            (_pos_int(self.teacher_epochs), f"--teacher-epochs {self.teacher_epochs!r}: must be an integer >= 1"),
             (_pos_int(self.batch_size), f"--batch-size {self.batch_size!r}: must be an integer >= 1"),
             (_finite_positive(self.lr), f"--lr {self.lr!r}: must be a finite number > 0"),
-            (_finite_positive(self.teacher_lr), f"teacher_lr {self.teacher_lr!r}: must be a finite number > 0"),
+            (_finite_positive(self.teacher_lr), f"--teacher-lr {self.teacher_lr!r}: must be a finite number > 0"),
             (_pos_int(self.max_length) and self.max_length >= 8, f"--max-length {self.max_length!r}: must be >= 8"),
             (isinstance(self.seed, int) and self.seed >= 0, f"--seed {self.seed!r}: must be an integer >= 0"),
-            (self.train_rows is None or _pos_int(self.train_rows), f"train_rows {self.train_rows!r}: must be >= 1"),
-            (self.val_rows is None or _pos_int(self.val_rows), f"val_rows {self.val_rows!r}: must be >= 1"),
+            (self.train_rows is None or _pos_int(self.train_rows), f"--train-rows {self.train_rows!r}: must be >= 1"),
+            (self.val_rows is None or _pos_int(self.val_rows), f"--val-rows {self.val_rows!r}: must be >= 1"),
+            (self.bf16 in (None, True, False), f"bf16 {self.bf16!r}: must be True, False or None"),
         ]
         for ok, message in checks:
             if not ok:
@@ -126,12 +156,26 @@ class KDConfig:
 
     @classmethod
     def from_env(cls, **overrides) -> KDConfig:
-        """A config whose ``fast`` flag follows ``KD_FAST`` unless given explicitly."""
+        """A config whose ``fast`` follows ``KD_FAST`` and ``bf16`` follows ``KD_CPU_BF16`` unless given."""
         overrides.setdefault("fast", fast_mode())
+        overrides.setdefault("bf16", cpu_bf16_from_env())
         return cls(**overrides)
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def cpu_bf16_from_env() -> bool | None:
+    """``KD_CPU_BF16``: 1/true/yes/on forces bf16 autocast for training forwards, 0/false/no/off forces fp32,
+    unset leaves the device's default (:mod:`kd_helpers.precision`)."""
+    value = os.environ.get("KD_CPU_BF16", "").strip().lower()
+    if not value:
+        return None
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off"}:
+        return False
+    raise KDError(f"KD_CPU_BF16={value!r}: use 1 (bf16) or 0 (fp32), or leave it unset")
 
 
 def _finite_positive(x) -> bool:

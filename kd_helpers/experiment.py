@@ -16,10 +16,11 @@ import transformers
 from transformers import set_seed
 
 from kd_helpers import data as kd_data
+from kd_helpers import precision
 from kd_helpers.cache import atomic_dir, atomic_write_json, check_writable
 from kd_helpers.config import KDConfig, pick_device
 from kd_helpers.errors import KDError
-from kd_helpers.metrics import model_report, quantize_int8
+from kd_helpers.metrics import metrics_table
 from kd_helpers.models import (
     HUB_STUDENT,
     HUB_TEACHER,
@@ -30,10 +31,12 @@ from kd_helpers.models import (
     make_student,
     minilm_dir,
 )
+from kd_helpers.stats import accuracy_se
 from kd_helpers.teacher import cached_teacher_logits, train_teacher
-from kd_helpers.train import CachedTeacher, distill, evaluate_model, predict_logits
+from kd_helpers.train import CachedTeacher, TrainingRun, distill, evaluate_model
 
 LABEL_NAMES = {0: "negative", 1: "positive"}
+SMALL_VALIDATION_ROWS = 300  # below this one accuracy's standard error exceeds ~2.3 points: the run warns
 
 
 @dataclass
@@ -53,7 +56,8 @@ class Setup:
     val_loader: object
     teacher_val_loader: object
     cached_teacher: CachedTeacher
-    teacher_id: str = ""  # what the teacher-logit caches are keyed by
+    teacher_id: str = ""  # names the teacher in result files (its logits are cached by its weights' hash)
+    bf16: bool = False  # training forwards under bf16 autocast (precision.resolve_bf16 of config.bf16)
     timings: dict = field(default_factory=dict)
 
     def train_loader(self, seed: int | None = None, batch_size: int | None = None):
@@ -76,6 +80,7 @@ def prepare(config: KDConfig, log=print, progress: bool = True) -> Setup:
     start = time.perf_counter()
     set_seed(config.seed)
     device = pick_device(config.device)
+    bf16 = precision.resolve_bf16(device, config.bf16)
     splits = kd_data.load_splits(config.data, seed=config.seed)
     splits["train"] = kd_data.subsample(splits["train"], config.train_rows, config.seed)
     splits["validation"] = kd_data.subsample(splits["validation"], config.val_rows, config.seed)
@@ -91,9 +96,7 @@ def prepare(config: KDConfig, log=print, progress: bool = True) -> Setup:
         teacher, teacher_tokenizer, info = train_teacher(
             base_source, splits["train"], epochs=config.teacher_epochs, lr=config.teacher_lr,
             batch_size=config.batch_size, max_length=config.max_length, seed=config.seed, device=device,
-            progress=progress, log=log)
-        if info.get("interrupted"):
-            raise KeyboardInterrupt
+            progress=progress, bf16=bf16, log=log)
         teacher_id = f"teacher:{info['key']}"
     else:
         teacher = load_classifier(teacher_source, num_labels=None)
@@ -112,11 +115,11 @@ def prepare(config: KDConfig, log=print, progress: bool = True) -> Setup:
     val_loader = kd_data.make_loader(val_set, tokenizer, batch_size=64)
     teacher_val = kd_data.tokenize(splits["validation"], teacher_tokenizer, config.max_length)
     teacher_val_loader = kd_data.make_loader(teacher_val, teacher_tokenizer, batch_size=64)
-    cached = cached_teacher_logits(teacher, teacher_tokenizer, splits["train"], teacher_id, config.max_length,
-                                   device=device, log=log)
+    cached = cached_teacher_logits(teacher, teacher_tokenizer, splits["train"], config.max_length, device=device,
+                                   log=log)
     timings["teacher_logits_s"] = time.perf_counter() - start
     return Setup(config, device, splits, tokenizer, base, teacher, teacher_tokenizer, info, train_set, val_set,
-                 val_loader, teacher_val_loader, cached, teacher_id, timings)
+                 val_loader, teacher_val_loader, cached, teacher_id, bf16, timings)
 
 
 def new_student(setup: Setup, kind: str | None = None, seed: int | None = None):
@@ -132,8 +135,11 @@ def new_student(setup: Setup, kind: str | None = None, seed: int | None = None):
 
 def train_student(setup: Setup, alpha: float | None = None, temperature: float | None = None,
                   epochs: int | None = None, student=None, live_teacher: bool = False, verbose: bool = True,
-                  progress: bool = True):
-    """Distil a (fresh, unless given) student with the cached teacher logits; returns ``(student, run)``."""
+                  progress: bool = True, run: TrainingRun | None = None):
+    """Distil a (fresh, unless given) student with the cached teacher logits; returns ``(student, run)``.
+
+    Ctrl-C propagates; a ``run`` you pass keeps the finished epochs.
+    """
     cfg = setup.config
     student = student if student is not None else new_student(setup)
     set_seed(cfg.seed)
@@ -141,7 +147,8 @@ def train_student(setup: Setup, alpha: float | None = None, temperature: float |
     run = distill(student, teacher, setup.train_loader(), setup.val_loader, setup.device,
                   epochs=epochs or cfg.epochs, lr=cfg.lr,
                   temperature=cfg.temperature if temperature is None else temperature,
-                  alpha=cfg.alpha if alpha is None else alpha, verbose=verbose, progress=progress)
+                  alpha=cfg.alpha if alpha is None else alpha, verbose=verbose, progress=progress,
+                  bf16=setup.bf16, run=run)
     return student, run
 
 
@@ -156,10 +163,16 @@ def run_experiment(config: KDConfig, log=print, progress: bool = True) -> dict:
     try:
         setup = prepare(config, log=log, progress=progress)
         results["timings"] = setup.timings
+        results["validation_rows"] = len(setup.splits["validation"])
+        if results["validation_rows"] < SMALL_VALIDATION_ROWS:
+            log(f"warning: only {results['validation_rows']} validation rows: one accuracy's standard error is "
+                f"about {100 * accuracy_se(0.8, results['validation_rows']):.0f} points at 80 % accuracy; "
+                "treat differences of a few points as noise")
         results["teacher_accuracy"] = evaluate_model(setup.teacher, setup.teacher_val_loader, setup.device)
         log(f"Teacher accuracy: {results['teacher_accuracy']:.4f} "
             f"({'loaded from cache' if setup.teacher_info.get('cached') else 'trained now'})")
 
+        results["precision"] = precision.name(setup.bf16)
         student = new_student(setup)
         before = copy.deepcopy(student).cpu()
         results["student_before_accuracy"] = evaluate_model(student, setup.val_loader, setup.device)
@@ -167,28 +180,27 @@ def run_experiment(config: KDConfig, log=print, progress: bool = True) -> dict:
 
         log(f"\nDistilling (T={config.temperature}, alpha={config.alpha} on the KL term)...")
         start = time.perf_counter()
-        student, run = train_student(setup, student=student, progress=progress)
-        results.update(history=run.history, steps=run.steps, student_after_accuracy=_last_acc(run))
+        run = TrainingRun()
+        results.update(history=run.history, steps=run.steps)  # filled as epochs finish, saved on Ctrl-C
+        student, run = train_student(setup, student=student, progress=progress, run=run)
+        results["student_after_accuracy"] = _last_acc(run)
         results["timings"]["distill_s"] = time.perf_counter() - start
-        if run.interrupted:
-            raise KeyboardInterrupt
         _save_student(student, setup.tokenizer, out / "student")
 
         if config.baseline:
             log("\nCE-only baseline (alpha=0, same initial student, same budget)...")
             start = time.perf_counter()
-            ce_student, ce_run = train_student(setup, alpha=0.0, progress=progress)
-            results.update(baseline_history=ce_run.history, baseline_steps=ce_run.steps,
-                           baseline_accuracy=_last_acc(ce_run))
+            ce_run = TrainingRun()
+            results.update(baseline_history=ce_run.history, baseline_steps=ce_run.steps)
+            ce_student, ce_run = train_student(setup, alpha=0.0, progress=progress, run=ce_run)
+            results["baseline_accuracy"] = _last_acc(ce_run)
             results["timings"]["baseline_s"] = time.perf_counter() - start
-            if ce_run.interrupted:
-                raise KeyboardInterrupt
         else:
             ce_student = None
 
         start = time.perf_counter()
         log("\nMeasuring agreement, calibration, size and latency...")
-        results["models"] = compare_models(setup, before, student, ce_student)
+        results["models"] = metrics_table(setup, before, student, ce_student)
         results["timings"]["metrics_s"] = time.perf_counter() - start
 
         if config.small_student and "test" in setup.splits:
@@ -201,30 +213,6 @@ def run_experiment(config: KDConfig, log=print, progress: bool = True) -> dict:
     results["timings"] = {**results.get("timings", {}), "total_s": time.perf_counter() - started}
     atomic_write_json(out / "results.json", results)
     return results
-
-
-def compare_models(setup: Setup, before, student_kd, student_ce=None) -> dict:
-    """The metrics table: teacher, student before, KD student, CE-only student, int8 KD student."""
-    min_run_time = 0.2 if setup.config.fast else 1.0
-    labels = setup.splits["validation"]["label"]
-    teacher_logits = predict_logits(setup.teacher, setup.teacher_val_loader, setup.device)
-    teacher_predictions = teacher_logits.argmax(-1).numpy()
-    models = {"teacher": (setup.teacher, setup.teacher_val_loader, setup.teacher_tokenizer),
-              "student_before": (before, setup.val_loader, setup.tokenizer),
-              "student_kd": (student_kd, setup.val_loader, setup.tokenizer)}
-    if student_ce is not None:
-        models["student_ce"] = (student_ce, setup.val_loader, setup.tokenizer)
-    models["student_kd_int8"] = (quantize_int8(student_kd), setup.val_loader, setup.tokenizer)
-    texts = setup.splits["validation"]["text"]
-    report = {}
-    for name, (model, loader, tokenizer) in models.items():
-        device = torch.device("cpu") if name.endswith("int8") else setup.device
-        logits = teacher_logits if name == "teacher" else predict_logits(model.to(device), loader, device)
-        batch1 = tokenizer(texts[:1], return_tensors="pt")
-        batch32 = tokenizer(texts[:32], return_tensors="pt", padding=True)
-        report[name] = model_report(logits, labels, teacher_predictions, model, batch1, batch32, min_run_time)
-        model.to(setup.device if not name.endswith("int8") else "cpu")
-    return report
 
 
 def small_student_run(setup: Setup, save_to: Path, fraction: float = 0.1, seeds=(1, 2, 3),

@@ -12,7 +12,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from kd_helpers.models import count_parameters
-from kd_helpers.train import model_inputs
+from kd_helpers.train import model_inputs, predict_logits
 
 
 def accuracy(labels, predictions) -> float:
@@ -117,4 +117,31 @@ def model_report(logits: torch.Tensor, labels, teacher_predictions, model: nn.Mo
         "size_mb": size_mb(model),
     }
     report.update(latency(model, batch1, batch32, min_run_time=min_run_time))
+    return report
+
+
+def metrics_table(setup, before, student_kd, student_ce=None) -> dict:
+    """The metrics table of ``distill``: teacher, student before, KD student, CE-only student, int8 KD student.
+
+    ``setup`` is an ``experiment.Setup``: validation rows and loaders for the teacher and the students.
+    """
+    min_run_time = 0.2 if setup.config.fast else 1.0
+    labels = setup.splits["validation"]["label"]
+    teacher_logits = predict_logits(setup.teacher, setup.teacher_val_loader, setup.device)
+    teacher_predictions = teacher_logits.argmax(-1).numpy()
+    models = {"teacher": (setup.teacher, setup.teacher_val_loader, setup.teacher_tokenizer),
+              "student_before": (before, setup.val_loader, setup.tokenizer),
+              "student_kd": (student_kd, setup.val_loader, setup.tokenizer)}
+    if student_ce is not None:
+        models["student_ce"] = (student_ce, setup.val_loader, setup.tokenizer)
+    models["student_kd_int8"] = (quantize_int8(student_kd), setup.val_loader, setup.tokenizer)
+    texts = setup.splits["validation"]["text"]
+    report = {}
+    for name, (model, loader, tokenizer) in models.items():
+        device = torch.device("cpu") if name.endswith("int8") else setup.device
+        logits = teacher_logits if name == "teacher" else predict_logits(model.to(device), loader, device)
+        batch1 = tokenizer(texts[:1], return_tensors="pt")
+        batch32 = tokenizer(texts[:32], return_tensors="pt", padding=True)
+        report[name] = model_report(logits, labels, teacher_predictions, model, batch1, batch32, min_run_time)
+        model.to(setup.device if not name.endswith("int8") else "cpu")
     return report

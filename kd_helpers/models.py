@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 from functools import lru_cache
 from pathlib import Path
 
@@ -28,8 +30,8 @@ def compact_layers(num_layers: int) -> tuple[int, int]:
 
 
 def quiet_transformers() -> None:
-    """Silence load reports and weight-loading progress bars (they would clutter notebooks and the CLI)."""
-    transformers.logging.set_verbosity_error()
+    """Hide weight-loading progress bars. Load reports stay: the one that says the student's classification
+    head is "newly initialized" is exactly what a student before fine-tuning is."""
     transformers.logging.disable_progress_bar()
 
 
@@ -208,6 +210,24 @@ def count_parameters(model: nn.Module) -> int:
             bias = module.bias() if callable(getattr(module, "bias", None)) else None
             total += bias.numel() if bias is not None else 0
     return total
+
+
+def state_dict_sha256(model: nn.Module) -> str:
+    """sha256 of every tensor in ``model.state_dict()`` (names, dtypes, shapes, bytes): what caches of the
+    model's outputs are keyed by, so that different weights never share an entry."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
+def tokenizer_sha256(tokenizer) -> str:
+    """sha256 of a tokenizer's full definition (vocabulary, normaliser, special tokens) where it has one."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    text = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def parameter_checksum(model: nn.Module) -> float:

@@ -181,7 +181,7 @@ def plot_confusion(ax: Axes, matrix, class_names: Sequence[str] = ("negative", "
 
 
 def plot_accuracy_vs_latency(ax: Axes, models: Mapping[str, Mapping]) -> None:
-    """One bubble per model (``experiment.compare_models`` output): latency vs accuracy, area ~ size in MB."""
+    """One bubble per model (``metrics.metrics_table`` output): latency vs accuracy, area ~ size in MB."""
     for (name, report), color in zip(models.items(), _cycle(), strict=False):
         ax.scatter(report["latency_ms_batch1"], report["accuracy"], s=20 + 3 * report["size_mb"], color=color,
                    alpha=0.6, edgecolor="black", label=f"{name} ({report['size_mb']:.0f} MB)")

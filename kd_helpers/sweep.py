@@ -61,7 +61,7 @@ def sweep_key(ts: TransferSetup, steps: int, evals: int) -> dict:
             "train_data": fingerprint(setup.splits["train"]), "val_data": fingerprint(setup.splits["validation"]),
             "teacher": setup.teacher_id, "steps": int(steps), "evals": int(evals), "batch_size": cfg.batch_size,
             "lr": cfg.lr, "max_length": cfg.max_length, "fraction": ts.fraction, "n_variants": ts.n_variants,
-            "fast": cfg.fast}
+            "fast": cfg.fast, **({"precision": "bf16-autocast"} if getattr(setup, "bf16", False) else {})}
 
 
 def new_sweep(ts: TransferSetup, steps: int, evals: int, seeds: Sequence[int]) -> dict:
@@ -86,6 +86,24 @@ def default_results_path(config: KDConfig) -> Path:
 def side_path(key_hash: str) -> Path:
     """Where runs trained from a setup that differs from the loaded sweep's are kept (never mixed in)."""
     return cache_dir() / "sweeps" / f"{key_hash}.json"
+
+
+def target_for(results: dict, ts: TransferSetup) -> tuple[dict, str, bool]:
+    """Where a new run of setup ``ts`` is stored: ``results``' own file when the setup matches its key, else a
+    side sweep for that setup under the cache. Returns ``(sweep, path, same_setup)``."""
+    steps, evals = results["steps"], results["evals"]
+    key = sweep_key(ts, steps, evals)
+    if key == results.get("key"):
+        return results, results.get("path") or str(side_path(results["key_hash"])), True
+    path = side_path(cache_key(**key))
+    if path.exists():
+        try:
+            return load_sweep(path), str(path), False
+        except ValueError:
+            pass
+    side = new_sweep(ts, steps, evals, results["seeds"])
+    save_sweep(side, path)
+    return side, str(path), False
 
 
 def load_sweep(path: str | Path) -> dict:

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
+from kd_helpers import precision
 from kd_helpers.cache import (
     atomic_dir,
     atomic_write_json,
@@ -27,27 +28,30 @@ from kd_helpers.cache import (
 )
 from kd_helpers.config import cache_dir, pick_device
 from kd_helpers.data import fingerprint, make_loader, tokenize
-from kd_helpers.models import load_classifier, load_tokenizer, weights_sha256
+from kd_helpers.models import load_classifier, load_tokenizer, state_dict_sha256, tokenizer_sha256, weights_sha256
 from kd_helpers.train import CachedTeacher, fine_tune, predict_logits
 
 
-def teacher_key(base: str, train_ds, epochs: int, lr: float, batch_size: int, max_length: int, seed: int) -> str:
-    return cache_key(kind="teacher", base=base, data=fingerprint(train_ds), epochs=epochs, lr=lr,
-                     batch_size=batch_size, max_length=max_length, seed=seed)
+def teacher_key(base: str, train_ds, epochs: int, lr: float, batch_size: int, max_length: int, seed: int,
+                bf16: bool = False) -> str:
+    """The teacher's recipe (what it is trained from and how). Its *outputs* are keyed by its weights."""
+    recipe = dict(kind="teacher", base=base, data=fingerprint(train_ds), epochs=epochs, lr=lr,
+                  batch_size=batch_size, max_length=max_length, seed=seed)
+    return cache_key(**recipe, **({"precision": precision.name(bf16)} if bf16 else {}))
 
 
 def train_teacher(base_dir: str | Path, train_ds, epochs: int = 3, lr: float = 5e-5, batch_size: int = 32,
-                  max_length: int = 64, seed: int = 42, device=None, progress: bool = True,
+                  max_length: int = 64, seed: int = 42, device=None, progress: bool = True, bf16: bool = False,
                   log=print) -> tuple:
     """Fine-tune ``base_dir`` on ``train_ds`` with cross-entropy, or load the cached result.
 
-    Returns ``(model, tokenizer, info)``; ``info["cached"]`` says whether it was loaded,
-    ``info["interrupted"]`` whether training was stopped early (an interrupted teacher is never cached).
+    Returns ``(model, tokenizer, info)``; ``info["cached"]`` says whether it was loaded. Ctrl-C propagates
+    (an interrupted teacher is never cached).
     """
     from transformers import set_seed
 
     device = device or pick_device()
-    key = teacher_key(_model_id(base_dir), train_ds, epochs, lr, batch_size, max_length, seed)
+    key = teacher_key(_model_id(base_dir), train_ds, epochs, lr, batch_size, max_length, seed, bf16)
     folder = cache_dir() / "teachers" / key
     if folder.exists():
         try:
@@ -59,11 +63,9 @@ def train_teacher(base_dir: str | Path, train_ds, epochs: int = 3, lr: float = 5
     tokenizer = load_tokenizer(base_dir)
     set_seed(seed)
     model = load_classifier(base_dir, num_labels=2)
-    finished = fine_tune(model, teacher_loader(tokenize(train_ds, tokenizer, max_length), tokenizer, batch_size, seed),
-                         device, epochs=epochs, lr=lr, progress=progress)
+    fine_tune(model, teacher_loader(tokenize(train_ds, tokenizer, max_length), tokenizer, batch_size, seed),
+              device, epochs=epochs, lr=lr, progress=progress, bf16=bf16)
     model.to("cpu").eval()
-    if not finished:
-        return model, tokenizer, {"key": key, "cached": False, "interrupted": True}
 
     def build(tmp: Path) -> None:
         model.save_pretrained(tmp)
@@ -91,6 +93,23 @@ def teacher_loader(tokenized, tokenizer, batch_size: int, seed: int) -> DataLoad
                       collate_fn=DataCollatorWithPadding(tokenizer, return_tensors="pt"))
 
 
+class TeacherEnsemble(torch.nn.Module):
+    """Several fine-tuned teachers answering as one: the mean of their logits (a classic distillation source).
+
+    Behaves like one classifier wherever a teacher goes (live teacher, cached logits, ``evaluate_model``).
+    """
+
+    def __init__(self, members: list):
+        super().__init__()
+        self.members = torch.nn.ModuleList(members)
+        self.config = members[0].config
+
+    def forward(self, **inputs):
+        from transformers.modeling_outputs import SequenceClassifierOutput
+
+        return SequenceClassifierOutput(logits=torch.stack([m(**inputs).logits.float() for m in self.members]).mean(0))
+
+
 def _check_teacher_dir(folder: Path, key: str) -> None:
     manifest = read_json_checked(folder / "manifest.json")
     if manifest.get("key") != key:
@@ -99,16 +118,22 @@ def _check_teacher_dir(folder: Path, key: str) -> None:
         raise ValueError("weights checksum mismatch")
 
 
-def cached_teacher_logits(teacher, tokenizer, dataset, teacher_id: str, max_length: int = 64,
-                          batch_size: int = 64, device=None, log=print) -> CachedTeacher:
+def logits_key(teacher, tokenizer, dataset, max_length: int) -> str:
+    """What a teacher-logit cache entry depends on: the teacher's weights, its tokenizer, the exact rows,
+    ``max_length`` and the precision (inference is fp32: :mod:`kd_helpers.precision`)."""
+    return cache_key(kind="logits", weights=state_dict_sha256(teacher), tokenizer=tokenizer_sha256(tokenizer),
+                     data=fingerprint(dataset), rows=len(dataset), max_length=max_length,
+                     precision=precision.name(False))
+
+
+def cached_teacher_logits(teacher, tokenizer, dataset, max_length: int = 64, batch_size: int = 64, device=None,
+                          log=print) -> CachedTeacher:
     """Run the teacher once over ``dataset`` (or load that run from disk) and wrap it as a CachedTeacher.
 
-    The key covers the teacher, the dataset's content and the tokenisation; the student may tokenise
-    differently, since logits are looked up by row index.
+    The key is :func:`logits_key`; the student may tokenise differently, since logits are looked up by row index.
     """
     device = device or pick_device()
-    key = cache_key(kind="logits", teacher=teacher_id, data=fingerprint(dataset), tokenizer=tokenizer.name_or_path,
-                    vocab=len(tokenizer), max_length=max_length, rows=len(dataset))
+    key = logits_key(teacher, tokenizer, dataset, max_length)
     path = cache_dir() / "logits" / f"{key}.safetensors"
     if path.exists():
         try:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -17,9 +16,9 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
-from kd_helpers.config import env_flag
 from kd_helpers.errors import NonFiniteLossError
 from kd_helpers.loss import UNLABELLED, DistillationLoss, transfer_loss
+from kd_helpers.precision import inference, train_autocast
 
 INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -55,46 +54,27 @@ def get_teacher_logits(teacher_model, batch: dict, device: torch.device) -> torc
     """Live teacher forward under ``no_grad`` (the reference), or a lookup in a :class:`CachedTeacher`."""
     if isinstance(teacher_model, CachedTeacher):
         return teacher_model(batch).to(device)
-    with torch.no_grad():
+    with torch.no_grad(), inference(device):
         return teacher_model(**model_inputs(teacher_model, batch, device)).logits.float()
 
 
-def autocast(device: torch.device, cpu_bf16: bool = False):
-    """bf16 autocast on CUDA; on the CPU only if ``cpu_bf16``; full precision on MPS.
-
-    ``train_epoch`` sets ``cpu_bf16`` from ``KD_CPU_BF16=1``: an opt-in, measured to pay on a CPU with bf16
-    instructions (1.3x the samples/s at the same accuracy on an AVX512-BF16 CPU, benchmarks/README.md) and its
-    results differ from fp32 in the last digits. Teacher training, teacher logits and evaluation stay in fp32.
-    """
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    if device.type == "cpu" and cpu_bf16:
-        return torch.autocast("cpu", dtype=torch.bfloat16)
-    return nullcontext()
-
-
-def cpu_bf16_requested() -> bool:
-    """True when ``KD_CPU_BF16`` is 1/true/yes/on."""
-    return env_flag("KD_CPU_BF16")
-
-
 def train_epoch(student_model, teacher_model, train_loader, optimizer, scheduler, criterion, device,
-                progress: bool = True, desc: str = "train") -> dict:
+                progress: bool = True, desc: str = "train", bf16: bool = False) -> dict:
     """One epoch of distillation; returns average ``total_loss``, ``distill_loss``, ``student_loss``.
 
     The teacher stays in ``eval()`` and under ``no_grad``: only the student's parameters change.
-    The per-step loss components are returned too, under ``steps``.
+    The per-step loss components are returned too, under ``steps``. ``bf16``: the student's forward under
+    bf16 autocast (:mod:`kd_helpers.precision`); the loss is computed in fp32 either way.
     """
     student_model.train()
     teacher_model.eval()
     sums = {"total_loss": 0.0, "distill_loss": 0.0, "student_loss": 0.0}
     steps, last_finite = [], None
     bar = tqdm(train_loader, desc=desc, leave=False, disable=not progress)
-    bf16 = cpu_bf16_requested()
     for step, batch in enumerate(bar, 1):
         teacher_logits = get_teacher_logits(teacher_model, batch, device)
         labels = batch["labels"].to(device)
-        with autocast(device, cpu_bf16=bf16):
+        with train_autocast(device, bf16):
             student_logits = student_model(**model_inputs(student_model, batch, device)).logits
         if (labels == UNLABELLED).any():  # transfer-set rows in the batch: soft targets only for them
             total, distill, student = transfer_loss(criterion, student_logits.float(), teacher_logits, labels)
@@ -122,7 +102,7 @@ def evaluate_model(model, val_loader, device) -> float:
     """Accuracy: the share of validation rows whose arg-max logit is the true label."""
     model.eval()
     correct, total = 0, 0
-    with torch.inference_mode():
+    with torch.inference_mode(), inference(device):
         for batch in val_loader:
             logits = model(**model_inputs(model, batch, device)).logits
             predictions = logits.argmax(dim=-1).cpu()
@@ -137,7 +117,7 @@ def predict_logits(model, loader, device, progress: bool = False, desc: str = "p
     model.eval()
     parts, indices = [], []
     for batch in tqdm(loader, desc=desc, leave=False, disable=not progress):
-        with autocast(device):
+        with inference(device):
             parts.append(model(**model_inputs(model, batch, device)).logits.float().cpu())
         indices.append(batch["idx"])
     logits, idx = torch.cat(parts), torch.cat(indices)
@@ -150,21 +130,20 @@ def predict_logits(model, loader, device, progress: bool = False, desc: str = "p
 
 @dataclass
 class TrainingRun:
-    """What ``distill`` returns: the per-epoch ``history``, per-step losses, and whether it was interrupted."""
+    """What ``distill`` fills in: the per-epoch ``history`` and the per-step losses."""
 
     history: list = field(default_factory=list)
     steps: list = field(default_factory=list)
-    interrupted: bool = False
 
 
 def distill(student_model, teacher_model, train_loader: DataLoader, val_loader: DataLoader, device,
             epochs: int = 3, lr: float = 5e-5, temperature: float = 4.0, alpha: float = 0.7,
-            warmup_ratio: float = 0.1, verbose: bool = True, progress: bool = True,
-            on_epoch: Callable[[dict], None] | None = None) -> TrainingRun:
+            warmup_ratio: float = 0.1, verbose: bool = True, progress: bool = True, bf16: bool = False,
+            run: TrainingRun | None = None, on_epoch: Callable[[dict], None] | None = None) -> TrainingRun:
     """The reference's outer loop: ``train_epoch`` then ``evaluate_model`` each epoch, printing both.
 
-    Ctrl-C (or the notebook's stop button) ends training early: finished epochs are kept and the run is
-    marked ``interrupted``.
+    Ctrl-C (or the notebook's stop button) is not caught here: it stops training and propagates. Pass your own
+    ``run`` to keep the finished epochs (``python -m kd_helpers distill`` does, and saves them).
     """
     criterion = DistillationLoss(temperature=temperature, alpha=alpha)
     params = [p for p in student_model.parameters() if p.requires_grad]
@@ -174,57 +153,48 @@ def distill(student_model, teacher_model, train_loader: DataLoader, val_loader: 
     student_model.to(device)
     if isinstance(teacher_model, nn.Module):
         teacher_model.to(device)
-    run = TrainingRun()
-    try:
-        for epoch in range(1, epochs + 1):
-            losses = train_epoch(student_model, teacher_model, train_loader, optimizer, scheduler, criterion,
-                                 device, progress=progress, desc=f"epoch {epoch}/{epochs}")
-            accuracy = evaluate_model(student_model, val_loader, device)
-            record = {"epoch": epoch, "loss": losses["total_loss"], "distill_loss": losses["distill_loss"],
-                      "student_loss": losses["student_loss"], "accuracy": accuracy}
-            run.history.append(record)
-            run.steps.extend({"epoch": epoch, **step} for step in losses["steps"])
-            if verbose:
-                print(f"Epoch {epoch}/{epochs}")
-                print(f"Loss: {record['loss']:.4f}")
-                print(f"  - Distillation Loss: {record['distill_loss']:.4f}")
-                print(f"  - Student Loss: {record['student_loss']:.4f}")
-                print(f"Validation Accuracy: {accuracy:.4f}")
-            if on_epoch is not None:
-                on_epoch(record)
-    except KeyboardInterrupt:
-        run.interrupted = True
+    run = TrainingRun() if run is None else run
+    for epoch in range(1, epochs + 1):
+        losses = train_epoch(student_model, teacher_model, train_loader, optimizer, scheduler, criterion,
+                             device, progress=progress, desc=f"epoch {epoch}/{epochs}", bf16=bf16)
+        accuracy = evaluate_model(student_model, val_loader, device)
+        record = {"epoch": epoch, "loss": losses["total_loss"], "distill_loss": losses["distill_loss"],
+                  "student_loss": losses["student_loss"], "accuracy": accuracy}
+        run.history.append(record)
+        run.steps.extend({"epoch": epoch, **step} for step in losses["steps"])
         if verbose:
-            print(f"Interrupted: kept {len(run.history)} finished epoch(s).")
+            print(f"Epoch {epoch}/{epochs}")
+            print(f"Loss: {record['loss']:.4f}")
+            print(f"  - Distillation Loss: {record['distill_loss']:.4f}")
+            print(f"  - Student Loss: {record['student_loss']:.4f}")
+            print(f"Validation Accuracy: {accuracy:.4f}")
+        if on_epoch is not None:
+            on_epoch(record)
     return run
 
 
 def fine_tune(model, train_loader, device, epochs: int = 3, lr: float = 5e-5, warmup_ratio: float = 0.1,
-              progress: bool = True) -> bool:
-    """Plain cross-entropy fine-tuning (how the teacher is made). Returns False if interrupted."""
+              progress: bool = True, bf16: bool = False) -> None:
+    """Plain cross-entropy fine-tuning (how the teacher is made). Ctrl-C propagates."""
     model.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
     total_steps = epochs * len(train_loader)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(warmup_ratio * total_steps), total_steps)
     loss_fn = nn.CrossEntropyLoss()
-    try:
-        for epoch in range(1, epochs + 1):
-            model.train()
-            bar = tqdm(train_loader, desc=f"teacher epoch {epoch}/{epochs}", leave=False, disable=not progress)
-            for step, batch in enumerate(bar, 1):
-                with autocast(device):
-                    logits = model(**model_inputs(model, batch, device)).logits
-                loss = loss_fn(logits.float(), batch["labels"].to(device))
-                if not math.isfinite(loss.item()):
-                    raise NonFiniteLossError(f"non-finite teacher loss at epoch {epoch}, step {step}")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                scheduler.step()
-                bar.set_postfix(loss=f"{loss.item():.3f}")
-    except KeyboardInterrupt:
-        return False
-    return True
+    for epoch in range(1, epochs + 1):
+        model.train()
+        bar = tqdm(train_loader, desc=f"teacher epoch {epoch}/{epochs}", leave=False, disable=not progress)
+        for step, batch in enumerate(bar, 1):
+            with train_autocast(device, bf16):
+                logits = model(**model_inputs(model, batch, device)).logits
+            loss = loss_fn(logits.float(), batch["labels"].to(device))
+            if not math.isfinite(loss.item()):
+                raise NonFiniteLossError(f"non-finite teacher loss at epoch {epoch}, step {step}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            bar.set_postfix(loss=f"{loss.item():.3f}")
 
 
 def _fmt(losses: dict) -> str:

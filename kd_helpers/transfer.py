@@ -70,9 +70,8 @@ def prepare_transfer(setup: Setup, n_variants: int = N_VARIANTS, fraction: float
     held_out = list(splits["validation"]["text"]) + (list(splits["test"]["text"]) if "test" in splits else [])
     variants = augment(train["text"], n_variants, seed=augment_seed, exclude=held_out)
     variants = variants.add_column("label", [UNLABELLED] * len(variants))
-    teacher_id = setup.teacher_id
     variant_logits = cached_teacher_logits(setup.teacher, setup.teacher_tokenizer, variants.select_columns(
-        ["text", "label"]), teacher_id, cfg.max_length, device=setup.device, log=log).logits
+        ["text", "label"]), cfg.max_length, device=setup.device, log=log).logits
     timings = {"augment_and_teacher_s": time.perf_counter() - start}
 
     n = len(train)
@@ -160,7 +159,7 @@ def train_method(ts: TransferSetup, method: str, seed: int, steps: int, temperat
     for segment in _split(batches, evals):
         loader = DataLoader(ts.pool, batch_sampler=segment, collate_fn=collate)
         losses = train_epoch(student, ts.teacher, loader, optimizer, scheduler, criterion, ts.setup.device,
-                             progress=progress, desc=f"{method} seed {seed}")
+                             progress=progress, desc=f"{method} seed {seed}", bf16=ts.setup.bf16)
         step_losses += [{"step": done + i, **{k: round(v, 5) for k, v in row.items()}}
                         for i, row in enumerate(losses["steps"], 1)]
         done += len(segment)

@@ -19,7 +19,6 @@ import torch
 from matplotlib.figure import Figure
 
 from kd_helpers import plots, sweep
-from kd_helpers.cache import cache_key
 from kd_helpers.errors import KDError, NonFiniteLossError
 from kd_helpers.loss import DistillationLoss
 
@@ -199,7 +198,7 @@ class TrainingExplorer(widgets.VBox):
         if sweep.find_run(self.results, t, a) is not None:
             self._show(t, a, f"{_name(t, a)} is already in the sweep.")
             return sweep.find_run(self.results, t, a)
-        target, path, same = self._target()
+        target, path, same = sweep.target_for(self.results, self.setup)
         if sweep.find_run(target, t, a) is not None:  # trained earlier into the side file
             self.results["runs"][sweep.run_key(t, a)] = {**sweep.find_run(target, t, a), "other_setup": True}
             self._show(t, a, f"{_name(t, a)} was trained earlier with this setup ({path}).")
@@ -228,22 +227,6 @@ class TrainingExplorer(widgets.VBox):
         self._show(t, a, f"Trained {_name(t, a)}: mean accuracy {record['accuracy']:.1%} over {record['n']} seed(s), "
                    f"stored in {path}" + ("" if same else " (setup differs from the sweep's: not comparable)"))
         return record
-
-    def _target(self) -> tuple[dict, str, bool]:
-        """Where a new run goes: this sweep's file if the setup matches, else a side sweep for the setup."""
-        steps, evals = self.results["steps"], self.results["evals"]
-        key = sweep.sweep_key(self.setup, steps, evals)
-        if key == self.results.get("key"):
-            return self.results, self.results.get("path") or str(sweep.side_path(self.results["key_hash"])), True
-        path = sweep.side_path(cache_key(**key))
-        if path.exists():
-            try:
-                return sweep.load_sweep(path), str(path), False
-            except ValueError:
-                pass
-        side = sweep.new_sweep(self.setup, steps, evals, self.results["seeds"])
-        sweep.save_sweep(side, path)
-        return side, str(path), False
 
     def _summary(self, picks: list) -> str:
         missing = [_name(t, a) for t, a, _ in picks if sweep.find_run(self.view, t, a) is None]

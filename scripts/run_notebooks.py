@@ -11,7 +11,6 @@ show a static figure next to each widget), no progress bars, a fixed kernelspec 
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import subprocess
 import sys
@@ -19,6 +18,8 @@ import time
 from pathlib import Path
 
 import nbformat
+
+from kd_helpers.config import fast_mode
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
@@ -129,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     if not paths:
         print("error: no notebook matches", file=sys.stderr)
         return 2
-    mode = "fast" if os.environ.get("KD_FAST", "").strip().lower() in {"1", "true", "yes", "on"} else "full"
+    mode = "fast" if fast_mode() else "full"
     print(f"Executing {len(paths)} notebook(s) in {mode} mode with {sys.executable}")
     timings, failed = [], []
     for path in paths:

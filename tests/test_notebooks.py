@@ -27,7 +27,7 @@ ALL = MAIN + SOLUTIONS
 MAIN_HEADINGS = ("What you will learn", "Prerequisites", "Runtime", "Settings", "Summary", "Exercises")
 SOLUTION_HEADINGS = ("Runtime", "Settings", "Exercise 1")
 # calls whose printed results are training metrics or timings: never in a checked cell
-TRAINING_CALLS = ("prepare(", "train_student(", "distill(", "train_epoch(", "run_sweep(", "compare_models(",
+TRAINING_CALLS = ("prepare(", "train_student(", "distill(", "train_epoch(", "run_sweep(", "metrics_table(",
                   "compare_methods(", "train_method(", "prepare_transfer(", "evaluate_model(", "perf_counter(")
 
 

@@ -1,4 +1,4 @@
-"""requirements.txt and environment.yml list the same packages with the same bounds."""
+"""requirements.txt, pyproject.toml, constraints.txt, environment.yml and make setup agree."""
 
 import re
 from pathlib import Path
@@ -16,23 +16,37 @@ def _requirements() -> dict:
     return reqs
 
 
-def _environment() -> dict:
-    reqs, in_pip = {}, False
+def _environment_pip_lines() -> list:
+    lines, in_pip = [], False
     for line in (ROOT / "environment.yml").read_text().splitlines():
-        stripped = line.strip()
+        stripped = line.split("#")[0].strip()
         if stripped == "- pip:":
             in_pip = True
-            continue
-        if in_pip and stripped.startswith("- "):
-            spec = stripped[2:].split("#")[0].strip()
-            reqs[re.split(r"[<>=!~ ]", spec, maxsplit=1)[0].lower()] = spec.replace(" ", "")
-    return reqs
+        elif in_pip and stripped.startswith("- "):
+            lines.append(stripped[2:].strip())
+    return lines
 
 
-def test_same_packages_same_bounds():
-    req, env = _requirements(), _environment()
-    assert req, "requirements.txt lists nothing"
-    assert req == env
+def test_environment_yml_installs_what_make_setup_installs():
+    """conda's pip step: the exact tested versions (constraints.txt), requirements.txt, then the package."""
+    assert _environment_pip_lines() == ["-c constraints.txt", "-r requirements.txt", "-e ."]
+    python = re.search(r"^\s*- python[=<>]*([0-9.]+)", (ROOT / "environment.yml").read_text(), re.M).group(1)
+    makefile = (ROOT / "Makefile").read_text()
+    assert python in re.search(r"^PY_SUPPORTED := (.*)$", makefile, re.M).group(1).split()
+    assert "-c constraints.txt -r requirements.txt" in makefile
+
+
+def test_make_setup_refuses_an_unsupported_python_in_one_line():
+    import subprocess
+    import sys
+
+    script = ROOT / "scripts" / "check_python.py"
+    ok = subprocess.run([sys.executable, script, f"{sys.version_info.major}.{sys.version_info.minor}"],
+                        capture_output=True, text=True)
+    assert ok.returncode == 0 and ok.stderr == ""
+    refused = subprocess.run([sys.executable, script, "3.99"], capture_output=True, text=True)
+    assert refused.returncode == 1 and refused.stderr.count("\n") == 1
+    assert "is not a supported version (3.99)" in refused.stderr
 
 
 def test_every_requirement_says_what_uses_it():

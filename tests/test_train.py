@@ -9,8 +9,7 @@ from kd_helpers.errors import NonFiniteLossError
 from kd_helpers.models import freeze, load_classifier, load_tokenizer, make_student
 from kd_helpers.train import (
     CachedTeacher,
-    autocast,
-    cpu_bf16_requested,
+    TrainingRun,
     distill,
     evaluate_model,
     get_teacher_logits,
@@ -109,21 +108,71 @@ def test_compact_student_keeps_two_layers(tiny_distilbert_dir, minilm_path):
     assert distil.config.n_layers == 2
 
 
-def test_cpu_bf16_is_opt_in_and_only_for_the_student_forward(tiny, monkeypatch):
-    """KD_CPU_BF16=1 runs the student's training forward in bf16 (different last digits, finite losses)."""
-    def first_epoch():
+def test_bf16_is_an_argument_and_only_for_the_student_forward(tiny, monkeypatch):
+    """``bf16=True`` runs the student's training forward in bf16 (different last digits, finite losses); the
+    environment is not read inside the loop (KD_CPU_BF16=1 alone changes nothing there)."""
+    def first_epoch(**kwargs):
         student = make_student(tiny["base"], "base", seed=1)
         optimizer = torch.optim.AdamW(student.parameters(), lr=1e-3)
         torch.manual_seed(0)
         return train_epoch(student, tiny["teacher"], _loader(tiny, shuffle=False), optimizer, None,
-                           DistillationLoss(), CPU, progress=False)["steps"][0]["total_loss"]
+                           DistillationLoss(), CPU, progress=False, **kwargs)["steps"][0]["total_loss"]
 
-    monkeypatch.delenv("KD_CPU_BF16", raising=False)
-    with autocast(CPU, cpu_bf16=cpu_bf16_requested()):
-        assert not torch.is_autocast_enabled("cpu")
     fp32 = first_epoch()
     monkeypatch.setenv("KD_CPU_BF16", "1")
-    with autocast(CPU, cpu_bf16=cpu_bf16_requested()):
-        assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
-    bf16 = first_epoch()
+    assert first_epoch() == fp32
+    bf16 = first_epoch(bf16=True)
     assert bf16 != fp32 and abs(bf16 - fp32) < 0.05 * fp32
+
+
+def test_one_precision_policy_cached_logits_equal_live_ones_under_bf16_training(tiny, monkeypatch):
+    """Inference is fp32 everywhere: with bf16 training forced on the CPU, a cached-teacher run and a live-teacher
+    run take identical steps, and a CUDA card without bf16 is never asked for it."""
+    from kd_helpers import precision
+
+    cached = CachedTeacher(predict_logits(tiny["teacher"], _loader(tiny, shuffle=False), CPU))
+    with precision.train_autocast(CPU, True):
+        assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+        for batch in _loader(tiny, shuffle=False):  # the teacher inside a bf16 region still answers in fp32
+            torch.testing.assert_close(get_teacher_logits(tiny["teacher"], batch, CPU), cached(batch),
+                                       rtol=0, atol=0)
+    runs = []
+    for teacher in (cached, tiny["teacher"]):
+        student = make_student(tiny["base"], "base", seed=1)
+        optimizer = torch.optim.AdamW(student.parameters(), lr=1e-3)
+        torch.manual_seed(0)
+        runs.append(train_epoch(student, teacher, _loader(tiny, shuffle=False), optimizer, None,
+                                DistillationLoss(), CPU, progress=False, bf16=True)["steps"])
+    assert runs[0] == runs[1]
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert precision.resolve_bf16(torch.device("cuda")) is False
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert precision.resolve_bf16(torch.device("cuda")) is True
+    assert precision.resolve_bf16(CPU, True) is True and precision.resolve_bf16(CPU, False) is False
+    assert precision.resolve_bf16(torch.device("mps")) is False
+
+
+def test_ctrl_c_propagates_and_a_passed_run_keeps_finished_epochs(tiny, monkeypatch):
+    """Ctrl-C is not swallowed by the loop (it is caught once, where results are saved)."""
+    import kd_helpers.train as train
+
+    calls = {"n": 0}
+    real = train.evaluate_model
+
+    def evaluate_then_interrupt(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train, "evaluate_model", evaluate_then_interrupt)
+    run = TrainingRun()
+    student = make_student(tiny["base"], "base", seed=1)
+    with pytest.raises(KeyboardInterrupt):
+        distill(student, tiny["teacher"], _loader(tiny), _loader(tiny, shuffle=False), CPU, epochs=3,
+                verbose=False, progress=False, run=run)
+    assert [r["epoch"] for r in run.history] == [1]
+    model = make_student(tiny["base"], "base", seed=1)
+    monkeypatch.setattr(train.torch.optim.AdamW, "step", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        train.fine_tune(model, _loader(tiny), CPU, epochs=1, progress=False)
