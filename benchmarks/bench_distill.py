@@ -1,13 +1,22 @@
-"""The reference distillation loop vs kd_helpers' default path, side by side in one run (issue 6).
+"""kd_helpers' default path against the reference loop and against what practitioners use: a Trainer.
 
-(a) ``reference``: the loop as written in the reference notebook: every batch padded to 128 tokens, a plain
-    shuffled DataLoader, and a live teacher forward at every step (the real teacher passed to ``train_epoch``).
-(b) ``kd_helpers``: dynamic padding, length-grouped batches (``Setup.train_loader``) and cached teacher
-    logits; the one-off teacher pass is recomputed here (never loaded from disk) and counted in (b)'s time.
+Variants (``--variants``; each seed and variant runs in its own subprocess, peak RSS per run):
 
-Same rows, initial student (asserted by weight fingerprint), epochs, seed, lr, AdamW + linear warm-up and
-loss for both; each variant runs in its own subprocess (peak RSS per variant). A small T x alpha sweep compares
-a live teacher with cached logits. Last stdout line: a JSON object. Commands: benchmarks/README.md.
+- ``reference``: the loop as written in the reference notebook: every batch padded to 128 tokens, a plain
+  shuffled DataLoader, and a live teacher forward at every step (the real teacher passed to ``train_epoch``).
+- ``kd_helpers``: dynamic padding, length-grouped chunks (``Setup.train_loader``), cached teacher logits, in the
+  default precision (:mod:`kd_helpers.precision`); the one-off teacher pass is recomputed here (never loaded
+  from disk) and counted in its time. ``kd_helpers_bf16`` / ``kd_helpers_fp32`` force the precision.
+- ``trainer_random`` / ``trainer_grouped``: the pattern a practitioner would write instead: a
+  ``transformers.Trainer`` subclass whose ``compute_loss`` runs the live teacher under ``no_grad`` (the common
+  "DistillationTrainer"), dynamic padding (``DataCollatorWithPadding``), random or length-grouped sampling
+  (``train_sampling_strategy``), in the Trainer's default precision (fp32 on the CPU); ``trainer_grouped_bf16``
+  adds ``bf16=True``, for the record.
+
+Same rows, initial student per seed (asserted by weight fingerprint), epochs, lr, linear warm-up (10 %) and decay,
+AdamW (weight decay 0.01; the Trainer exempts biases and LayerNorm from it), loss and seeds for every variant.
+The sweep compares kd_helpers' cached-logit sweep with the same grid run through the Trainer pattern.
+Last stdout line: a JSON object. Commands: benchmarks/README.md.
 """
 
 from __future__ import annotations
@@ -30,13 +39,17 @@ from torch.utils.data import DataLoader
 from transformers import get_linear_schedule_with_warmup, set_seed
 
 from kd_helpers import data as kd_data
-from kd_helpers.config import KDConfig, fast_mode
+from kd_helpers import precision
+from kd_helpers.config import DEFAULT_LR, KDConfig, fast_mode
 from kd_helpers.experiment import Setup, new_student, prepare
 from kd_helpers.loss import DistillationLoss
 from kd_helpers.models import freeze_embeddings
+from kd_helpers.stats import mean_sd
 from kd_helpers.train import CachedTeacher, evaluate_model, predict_logits, train_epoch
 
 REFERENCE_MAX_LENGTH = 128  # the reference tokenises with padding="max_length", max_length=128
+VARIANTS = ("reference", "kd_helpers", "kd_helpers_fp32", "kd_helpers_bf16", "kd_helpers_freeze", "trainer_random",
+            "trainer_grouped", "trainer_grouped_bf16")
 
 
 def log(message: str) -> None:
@@ -47,7 +60,8 @@ def load_setup(args: argparse.Namespace) -> Setup:
     """The (cached) teacher and the data. ``--fast`` uses KD_FAST's small teacher and splits: smoke checks only."""
     if args.threads:
         torch.set_num_threads(args.threads)
-    return prepare(KDConfig(fast=args.fast, seed=args.seed), log=log, progress=False)
+    # the teacher is kd_helpers' default one (seed 42) for every run; --seed only changes the student and its batches
+    return prepare(KDConfig.from_env(fast=args.fast), log=log, progress=False)
 
 
 def weights_fingerprint(model: nn.Module) -> str:
@@ -86,21 +100,8 @@ def reference_loader(raw, tokenizer, batch_size: int, seed: int | None) -> DataL
     return DataLoader(encoded, batch_size=batch_size, shuffle=seed is not None, generator=generator)
 
 
-class Bf16Student(nn.Module):
-    """Runs the wrapped student's forward under CPU bf16 autocast (kd_helpers itself uses bf16 on CUDA only)."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None):
-        inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            return self.model(**{k: v for k, v in inputs.items() if v is not None})
-
-
 def train(student: nn.Module, teacher, loader, setup: Setup, args: argparse.Namespace, epochs: int,
-          temperature: float, alpha: float, val_loader=None, eval_model: nn.Module | None = None) -> dict:
+          temperature: float, alpha: float, val_loader=None, bf16: bool = False) -> dict:
     """AdamW + linear warm-up, ``train_epoch`` per epoch (timed), then ``evaluate_model`` (timed apart)."""
     set_seed(args.seed)
     criterion = DistillationLoss(temperature=temperature, alpha=alpha)
@@ -110,75 +111,137 @@ def train(student: nn.Module, teacher, loader, setup: Setup, args: argparse.Name
     out = {"epoch_s": [], "eval_s": 0.0, "accuracy": [], "loss": []}
     for _ in range(epochs):
         start = time.perf_counter()
-        losses = train_epoch(student, teacher, loader, optimizer, scheduler, criterion, setup.device, progress=False)
+        losses = train_epoch(student, teacher, loader, optimizer, scheduler, criterion, setup.device, progress=False,
+                             bf16=bf16)
         out["epoch_s"].append(time.perf_counter() - start)
         out["loss"].append(losses["total_loss"])
         if val_loader is not None:
             start = time.perf_counter()
-            out["accuracy"].append(evaluate_model(eval_model or student, val_loader, setup.device))
+            out["accuracy"].append(evaluate_model(student, val_loader, setup.device))
             out["eval_s"] += time.perf_counter() - start
     return out
 
 
+def distillation_trainer(student: nn.Module, teacher: nn.Module, train_set, setup: Setup, args: argparse.Namespace,
+                         epochs: int, temperature: float, alpha: float, sampling: str, bf16: bool, workdir: str):
+    """The Trainer pattern: ``compute_loss`` runs the live teacher and the same ``DistillationLoss``."""
+    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
+
+    criterion = DistillationLoss(temperature=temperature, alpha=alpha)
+
+    class DistillationTrainer(Trainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            labels = inputs.pop("labels")
+            outputs = model(**inputs)
+            with torch.no_grad():
+                teacher_logits = teacher(**inputs).logits
+            total, _, _ = criterion(outputs.logits.float(), teacher_logits.float(), labels)
+            return (total, outputs) if return_outputs else total
+
+    training_args = TrainingArguments(
+        output_dir=workdir, per_device_train_batch_size=args.batch_size, num_train_epochs=epochs,
+        learning_rate=args.lr, lr_scheduler_type="linear", warmup_steps=0.1, weight_decay=0.01, seed=args.seed,
+        data_seed=args.seed, train_sampling_strategy=sampling, bf16=bf16, use_cpu=setup.device.type == "cpu",
+        save_strategy="no", logging_strategy="no", eval_strategy="no", report_to="none", disable_tqdm=True,
+        dataloader_num_workers=0)
+    return DistillationTrainer(model=student, args=training_args, train_dataset=train_set,
+                               data_collator=DataCollatorWithPadding(setup.tokenizer, return_tensors="pt"))
+
+
 def run_variant(name: str, args: argparse.Namespace) -> dict:
+    import tempfile
+
     started = time.perf_counter()
     setup = load_setup(args)
-    raw = kd_data.subsample(setup.splits["train"], args.rows, args.seed)
+    raw = kd_data.subsample(setup.splits["train"], args.rows, args.data_seed)
     student = new_student(setup, kind=args.student, seed=args.seed)
-    result = {"variant": name, "rows": len(raw), "epochs": args.epochs, "fingerprint": weights_fingerprint(student),
-              "setup_s": time.perf_counter() - started}
+    result = {"variant": name, "seed": args.seed, "rows": len(raw), "epochs": args.epochs,
+              "fingerprint": weights_fingerprint(student), "setup_s": time.perf_counter() - started}
+    teacher_s, precision_name = 0.0, "fp32"
     if name == "reference":
         loader = reference_loader(raw, setup.tokenizer, args.batch_size, args.seed)
         val_loader = reference_loader(setup.splits["validation"], setup.tokenizer, 64, None)
         run = train(student, setup.teacher, loader, setup, args, args.epochs, args.temperature, args.alpha, val_loader)
-        teacher_s = 0.0
+    elif name.startswith("trainer"):
+        bf16 = name.endswith("_bf16")
+        sampling = "group_by_length" if "grouped" in name else "random"
+        train_set = kd_data.tokenize(raw, setup.tokenizer, setup.config.max_length)
+        with tempfile.TemporaryDirectory() as workdir:
+            trainer = distillation_trainer(student, setup.teacher, train_set, setup, args, args.epochs,
+                                           args.temperature, args.alpha, sampling, bf16, workdir)
+            start = time.perf_counter()
+            trainer.train()
+            train_s = time.perf_counter() - start
+        start = time.perf_counter()
+        accuracy = evaluate_model(student, setup.val_loader, setup.device)
+        run = {"epoch_s": [train_s], "eval_s": time.perf_counter() - start, "accuracy": [accuracy], "loss": []}
+        precision_name = precision.name(bf16)
     else:
+        bf16 = {"kd_helpers_bf16": True, "kd_helpers_fp32": False}.get(name, setup.bf16)
         start = time.perf_counter()
         cached = teacher_pass(setup, raw)
         teacher_s = time.perf_counter() - start
         if name == "kd_helpers_freeze":
             freeze_embeddings(student)
-        model = Bf16Student(student) if name == "kd_helpers_bf16" else student
         loader = with_train_rows(setup, raw).train_loader(seed=args.seed, batch_size=args.batch_size)
-        run = train(model, cached, loader, setup, args, args.epochs, args.temperature, args.alpha,
-                    setup.val_loader, eval_model=student)  # accuracy always in fp32
+        run = train(student, cached, loader, setup, args, args.epochs, args.temperature, args.alpha,
+                    setup.val_loader, bf16=bf16)  # accuracy always in fp32
+        precision_name = precision.name(bf16)
     train_s = teacher_s + sum(run["epoch_s"])
     return {**result, **run, "teacher_pass_s": teacher_s, "train_s": train_s, "wall_s": train_s + run["eval_s"],
             "samples_per_s": len(raw) * args.epochs / train_s, "final_accuracy": run["accuracy"][-1],
+            "precision": precision_name,
             "trainable_params": sum(p.numel() for p in student.parameters() if p.requires_grad),
             "torch_threads": torch.get_num_threads()}
 
 
 def run_sweep(args: argparse.Namespace) -> dict:
-    """The grid with a live teacher and with cached logits, config by config (interleaved, so drift is shared)."""
+    """The T x alpha grid, compact student, ``--sweep-epochs`` each: kd_helpers (one teacher pass, cached logits,
+    default precision) against the Trainer pattern (live teacher, length-grouped, fp32), config by config
+    (interleaved, so drift is shared). Accuracy on validation after each run."""
+    import tempfile
+
     setup = load_setup(args)
-    raw = kd_data.subsample(setup.splits["train"], args.sweep_rows, args.seed)
+    raw = kd_data.subsample(setup.splits["train"], args.sweep_rows, args.data_seed)
     kd = with_train_rows(setup, raw)
+    train_set = kd_data.tokenize(raw, setup.tokenizer, setup.config.max_length)
     start = time.perf_counter()
     cached = teacher_pass(setup, raw)  # also warms up threads and kernels before the first timed config
     pass_s = time.perf_counter() - start
+    sweep_args = argparse.Namespace(**{**vars(args), "lr": args.sweep_lr})
     configs = []
     for temperature in args.temperatures:
         for alpha in args.alphas:
-            times = {}
-            for mode, teacher in (("live", setup.teacher), ("cached", cached)):
-                student = new_student(setup, kind="compact", seed=args.seed)
-                loader = kd.train_loader(seed=args.seed, batch_size=args.batch_size)
-                times[mode] = sum(train(student, teacher, loader, setup, args, 1, temperature, alpha)["epoch_s"])
-            configs.append({"temperature": temperature, "alpha": alpha, **times})
-    n = len(configs)
-    student_s = sum(c["cached"] for c in configs) / n
-    teacher_s = sum(c["live"] - c["cached"] for c in configs) / n
-    return {"rows": len(raw), "configs": configs, "teacher_pass_s": pass_s,
-            "live_s": sum(c["live"] for c in configs), "cached_s": pass_s + sum(c["cached"] for c in configs),
-            "student_epoch_s": student_s, "teacher_forward_epoch_s": teacher_s,
-            "computed_4x4x3_live_s": 16 * 3 * (student_s + teacher_s),
-            "computed_4x4x3_cached_s": pass_s + 16 * 3 * student_s}
+            row = {"temperature": temperature, "alpha": alpha}
+            student = new_student(setup, kind="compact", seed=args.seed)
+            loader = kd.train_loader(seed=args.seed, batch_size=args.batch_size)
+            run = train(student, cached, loader, setup, sweep_args, args.sweep_epochs, temperature, alpha,
+                        bf16=setup.bf16)
+            row["kd_helpers_s"] = sum(run["epoch_s"])
+            row["kd_helpers_accuracy"] = evaluate_model(student, setup.val_loader, setup.device)
+            student = new_student(setup, kind="compact", seed=args.seed)
+            with tempfile.TemporaryDirectory() as workdir:
+                trainer = distillation_trainer(student, setup.teacher, train_set, setup, sweep_args, args.sweep_epochs,
+                                               temperature, alpha, "group_by_length", False, workdir)
+                start = time.perf_counter()
+                trainer.train()
+                row["trainer_s"] = time.perf_counter() - start
+            row["trainer_accuracy"] = evaluate_model(student, setup.val_loader, setup.device)
+            configs.append(row)
+            log(f"  sweep T={temperature} alpha={alpha}: {row}")
+    kd_s = pass_s + sum(c["kd_helpers_s"] for c in configs)
+    trainer_s = sum(c["trainer_s"] for c in configs)
+    return {"rows": len(raw), "epochs": args.sweep_epochs, "lr": args.sweep_lr, "configs": configs,
+            "teacher_pass_s": pass_s, "kd_helpers_s": kd_s, "trainer_s": trainer_s, "speedup": trainer_s / kd_s,
+            "precision": precision.name(setup.bf16),
+            "kd_helpers_accuracy": [c["kd_helpers_accuracy"] for c in configs],
+            "trainer_accuracy": [c["trainer_accuracy"] for c in configs]}
 
 
-def child(variant: str, argv: list[str]) -> dict:
-    """Run one variant in a fresh interpreter; its last stdout line is its result."""
-    proc = subprocess.run([sys.executable, os.path.abspath(__file__), *argv, "--variant", variant],
+def child(variant: str, argv: list[str], seed: int | None = None) -> dict:
+    """Run one variant (for one seed) in a fresh interpreter; its last stdout line is its result."""
+    extra = ["--seed", str(seed)] if seed is not None else []
+    proc = subprocess.run([sys.executable, os.path.abspath(__file__), *argv, *extra, "--variant", variant],
                           stdout=subprocess.PIPE, text=True, check=True)
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -200,27 +263,44 @@ def machine_info() -> dict:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--rows", type=int, default=None, help="subsample the training split (default: all rows)")
-    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3], help="student init and batch order, per run")
+    p.add_argument("--variants", nargs="+", default=["kd_helpers", "trainer_random", "trainer_grouped"],
+                   choices=VARIANTS)
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=5e-5)
+    p.add_argument("--lr", type=float, default=None, help="default: kd_helpers' (5e-5 base, 2e-4 compact)")
     p.add_argument("--temperature", type=float, default=4.0)
     p.add_argument("--alpha", type=float, default=0.7, help="weight of the KL term")
-    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--seed", type=int, default=42, help=argparse.SUPPRESS)  # one run's seed (set per child)
+    p.add_argument("--data-seed", type=int, default=42, help="which rows --rows subsamples")
     p.add_argument("--student", choices=("base", "compact"), default="base")
-    p.add_argument("--sweep-rows", type=int, default=1000)
-    p.add_argument("--temperatures", type=float, nargs="+", default=[2.0, 4.0])
-    p.add_argument("--alphas", type=float, nargs="+", default=[0.5, 0.9])
+    p.add_argument("--sweep-rows", type=int, default=None, help="rows per sweep run (default: all)")
+    p.add_argument("--sweep-epochs", type=int, default=1)
+    p.add_argument("--sweep-lr", type=float, default=2e-4, help="the compact student's default lr")
+    p.add_argument("--temperatures", type=float, nargs="+", default=[1.0, 2.0, 4.0, 8.0])
+    p.add_argument("--alphas", type=float, nargs="+", default=[0.3, 0.5, 0.7, 0.9])
     p.add_argument("--skip-sweep", action="store_true")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
-    p.add_argument("--bf16", action="store_true", help="extra variant: CPU bf16 autocast on the student forward")
-    p.add_argument("--freeze-embeddings", action="store_true", help="extra variant: frozen student embeddings")
     p.add_argument("--fast", action="store_true", default=fast_mode(), help="KD_FAST teacher/splits: smoke check")
     p.add_argument("--variant", help=argparse.SUPPRESS)  # set by the parent for its subprocesses
     return p.parse_args(argv)
 
 
+def summarise(runs: dict) -> dict:
+    """Per variant: mean samples/s and accuracy mean ± sd over seeds."""
+    out = {}
+    for name, per_seed in runs.items():
+        accs = [r["final_accuracy"] for r in per_seed]
+        speeds = [r["samples_per_s"] for r in per_seed]
+        out[name] = {"samples_per_s": sum(speeds) / len(speeds), "accuracy_mean": mean_sd(accs)[0],
+                     "accuracy_sd": mean_sd(accs)[1], "accuracy": accs, "samples_per_s_each": speeds,
+                     "precision": per_seed[0]["precision"]}
+    return out
+
+
 def main() -> None:
     args = parse_args()
+    args.lr = args.lr or DEFAULT_LR[args.student]
     if args.variant:
         result = run_sweep(args) if args.variant == "sweep" else (
             {} if args.variant == "warmup" else run_variant(args.variant, args))
@@ -231,55 +311,59 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     machine = machine_info()
     child("warmup", argv)  # trains and caches the teacher if needed, outside every timed process
-    names = ["reference", "kd_helpers"]
-    names += ["kd_helpers_bf16"] * args.bf16 + ["kd_helpers_freeze"] * args.freeze_embeddings
-    runs = {}
-    for name in names:
-        log(f"running {name} ...")
-        runs[name] = child(name, argv)
-    fingerprints = {r["fingerprint"] for r in runs.values()}
-    if len(fingerprints) != 1:
-        raise SystemExit(f"error: variants started from different students: {fingerprints}")
-    ref, kd = runs["reference"], runs["kd_helpers"]
-    sweep = None if args.skip_sweep else child("sweep", argv)
+    runs = {name: [] for name in args.variants}
+    for seed in args.seeds:  # seeds outermost: drift of the machine is shared by the variants
+        for name in args.variants:
+            log(f"running {name}, seed {seed} ...")
+            runs[name].append(child(name, argv, seed))
+        fingerprints = {r[-1]["fingerprint"] for r in runs.values()}
+        if len(fingerprints) != 1:
+            raise SystemExit(f"error: seed {seed}: variants started from different students: {fingerprints}")
+    summary = summarise(runs)
+    sweep = None if args.skip_sweep else child("sweep", argv, args.seeds[0])
     machine["loadavg_end"] = os.getloadavg()
-    print_report(args, machine, runs, sweep)
-    print(json.dumps({
-        "seed_loop_samples_per_s": ref["samples_per_s"], "kd_helpers_samples_per_s": kd["samples_per_s"],
-        "seed_loop_accuracy": ref["final_accuracy"], "kd_helpers_accuracy": kd["final_accuracy"],
-        "speedup": kd["samples_per_s"] / ref["samples_per_s"],
-        "accuracy_diff_points": 100 * (kd["final_accuracy"] - ref["final_accuracy"]),
-        "student_fingerprint": fingerprints.pop(), "variants": runs, "sweep": sweep, "machine": machine,
-        "args": {k: v for k, v in vars(args).items() if k != "variant"},
-        "command": " ".join([os.path.relpath(__file__), *argv])}))
+    print_report(args, machine, summary, sweep)
+    trainers = {k: v for k, v in summary.items() if k.startswith("trainer") and not k.endswith("_bf16")}
+    best = max(trainers, key=lambda k: trainers[k]["samples_per_s"]) if trainers else None
+    kd = summary.get("kd_helpers")
+    record = {"student": args.student, "epochs": args.epochs, "seeds": args.seeds, "summary": summary}
+    if kd and best:
+        record.update(trainer_best=best, trainer_best_samples_per_s=trainers[best]["samples_per_s"],
+                      trainer_best_accuracy_mean=trainers[best]["accuracy_mean"],
+                      trainer_best_accuracy_sd=trainers[best]["accuracy_sd"],
+                      kd_helpers_samples_per_s=kd["samples_per_s"], kd_helpers_accuracy_mean=kd["accuracy_mean"],
+                      kd_helpers_accuracy_sd=kd["accuracy_sd"], kd_helpers_precision=kd["precision"],
+                      speedup_vs_trainer_best=kd["samples_per_s"] / trainers[best]["samples_per_s"])
+    if kd and "reference" in summary:
+        record.update(seed_loop_samples_per_s=summary["reference"]["samples_per_s"],
+                      speedup=kd["samples_per_s"] / summary["reference"]["samples_per_s"])
+    print(json.dumps({**record, "variants": runs, "sweep": sweep, "machine": machine,
+                      "args": {k: v for k, v in vars(args).items() if k not in ("variant", "seed")},
+                      "command": " ".join([os.path.relpath(__file__), *argv])}))
 
 
-def print_report(args: argparse.Namespace, machine: dict, runs: dict, sweep: dict | None) -> None:
-    print(f"machine: {machine['cpu_model']}, {machine['cpu_affinity']} CPUs, torch {machine['torch']} "
-          f"({runs['reference']['torch_threads']} threads), load avg at start {machine['loadavg_start'][0]:.2f}")
+def print_report(args: argparse.Namespace, machine: dict, summary: dict, sweep: dict | None) -> None:
+    print(f"machine: {machine['cpu_model']}, {machine['cpu_affinity']} CPUs, bf16 instructions "
+          f"{machine['cpu_bf16_instructions'] or 'none'}, torch {machine['torch']}, load avg at start "
+          f"{machine['loadavg_start'][0]:.2f}")
     if args.fast:
         print("WARNING: --fast / KD_FAST=1: small teacher and splits; a smoke check, not a result")
-    print(f"student: {args.student}, rows: {runs['reference']['rows']}, epochs: {args.epochs}, "
-          f"batch {args.batch_size}, lr {args.lr}, T={args.temperature}, alpha={args.alpha} (KL term)\n")
-    print(f"{'variant':<18} {'samples/s':>10} {'train s':>9} {'teacher s':>9} {'wall s':>8} {'peak MB':>8} "
-          f"{'val acc':>8}")
-    for name, r in runs.items():
-        print(f"{name:<18} {r['samples_per_s']:>10.1f} {r['train_s']:>9.1f} {r['teacher_pass_s']:>9.1f} "
-              f"{r['wall_s']:>8.1f} {r['peak_rss_mb']:>8.0f} {r['final_accuracy']:>8.4f}")
-    ref, kd = runs["reference"], runs["kd_helpers"]
-    print(f"\nspeedup (samples/s): {kd['samples_per_s'] / ref['samples_per_s']:.2f}x; accuracy difference: "
-          f"{100 * (kd['final_accuracy'] - ref['final_accuracy']):+.2f} points")
-    print("train s = training epochs (+ the one-off teacher pass for kd_helpers); wall s adds per-epoch evaluation")
+    print(f"student: {args.student}, epochs: {args.epochs}, batch {args.batch_size}, lr {args.lr}, "
+          f"T={args.temperature}, alpha={args.alpha} (KL term), seeds {args.seeds}\n")
+    print("| variant | precision | samples/s (mean over seeds) | validation accuracy (mean ± sd) | per seed |")
+    print("|---|---|---|---|---|")
+    for name, r in summary.items():
+        print(f"| {name} | {r['precision']} | {r['samples_per_s']:.1f} | {100 * r['accuracy_mean']:.1f} ± "
+              f"{100 * r['accuracy_sd']:.1f} % | " + ", ".join(f"{100 * a:.1f}" for a in r["accuracy"]) + " |")
+    print("samples/s = rows x epochs / (training epochs + kd_helpers' one-off teacher pass); evaluation not timed")
     if sweep:
-        print(f"\nsweep: {len(sweep['configs'])} config(s) x 1 epoch, compact student, {sweep['rows']} rows (measured)")
-        print(f"  live teacher:  {sweep['live_s']:.1f} s")
-        print(f"  cached logits: {sweep['cached_s']:.1f} s (incl. one teacher pass of {sweep['teacher_pass_s']:.1f} s)")
-        s, t, p = sweep["student_epoch_s"], sweep["teacher_forward_epoch_s"], sweep["teacher_pass_s"]
-        print(f"4 x 4 grid x 3 epochs at {sweep['rows']} rows: COMPUTED from the measured per-epoch times:")
-        print(f"  student epoch s = {s:.2f}, teacher forward per epoch t = mean(live - cached) = {t:.2f}, "
-              f"teacher pass p = {p:.2f}")
-        print(f"  live   = 16 x 3 x (s + t) = {sweep['computed_4x4x3_live_s']:.1f} s")
-        print(f"  cached = p + 16 x 3 x s   = {sweep['computed_4x4x3_cached_s']:.1f} s")
+        print(f"\nsweep: {len(sweep['configs'])} configs x {sweep['epochs']} epoch(s), compact student, "
+              f"{sweep['rows']} rows, lr {sweep['lr']}, seed {args.seeds[0]}")
+        print(f"  kd_helpers (one teacher pass + cached logits, {sweep['precision']}): {sweep['kd_helpers_s']:.1f} s, "
+              f"validation accuracy {100 * mean_sd(sweep['kd_helpers_accuracy'])[0]:.1f} % (mean over configs)")
+        print(f"  Trainer pattern (live teacher, group_by_length, fp32): {sweep['trainer_s']:.1f} s, validation "
+              f"accuracy {100 * mean_sd(sweep['trainer_accuracy'])[0]:.1f} % (mean over configs)")
+        print(f"  speed-up {sweep['speedup']:.2f}x")
 
 
 if __name__ == "__main__":
