@@ -48,8 +48,8 @@ from kd_helpers.stats import mean_sd
 from kd_helpers.train import CachedTeacher, evaluate_model, predict_logits, train_epoch
 
 REFERENCE_MAX_LENGTH = 128  # the reference tokenises with padding="max_length", max_length=128
-VARIANTS = ("reference", "kd_helpers", "kd_helpers_fp32", "kd_helpers_bf16", "kd_helpers_freeze", "trainer_random",
-            "trainer_grouped", "trainer_grouped_bf16")
+VARIANTS = ("reference", "kd_helpers", "kd_helpers_fp32", "kd_helpers_bf16", "kd_helpers_fused",
+            "kd_helpers_fused_bf16", "kd_helpers_freeze", "trainer_random", "trainer_grouped", "trainer_grouped_bf16")
 
 
 def log(message: str) -> None:
@@ -101,11 +101,15 @@ def reference_loader(raw, tokenizer, batch_size: int, seed: int | None) -> DataL
 
 
 def train(student: nn.Module, teacher, loader, setup: Setup, args: argparse.Namespace, epochs: int,
-          temperature: float, alpha: float, val_loader=None, bf16: bool = False) -> dict:
-    """AdamW + linear warm-up, ``train_epoch`` per epoch (timed), then ``evaluate_model`` (timed apart)."""
+          temperature: float, alpha: float, val_loader=None, bf16: bool = False, fused: bool = False) -> dict:
+    """AdamW + linear warm-up, ``train_epoch`` per epoch (timed), then ``evaluate_model`` (timed apart).
+
+    ``fused``: PyTorch's fused AdamW kernel (what the Trainer uses by default with torch >= 2.8) instead of the
+    default multi-tensor one; the same update rule."""
     set_seed(args.seed)
     criterion = DistillationLoss(temperature=temperature, alpha=alpha)
-    optimizer = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=args.lr)
+    optimizer = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=args.lr,
+                                  **({"fused": True} if fused else {}))
     total = epochs * len(loader)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(0.1 * total), total)
     out = {"epoch_s": [], "eval_s": 0.0, "accuracy": [], "loss": []}
@@ -177,7 +181,7 @@ def run_variant(name: str, args: argparse.Namespace) -> dict:
         run = {"epoch_s": [train_s], "eval_s": time.perf_counter() - start, "accuracy": [accuracy], "loss": []}
         precision_name = precision.name(bf16)
     else:
-        bf16 = {"kd_helpers_bf16": True, "kd_helpers_fp32": False}.get(name, setup.bf16)
+        bf16 = {"kd_helpers_bf16": True, "kd_helpers_fp32": False, "kd_helpers_fused_bf16": True}.get(name, setup.bf16)
         start = time.perf_counter()
         cached = teacher_pass(setup, raw)
         teacher_s = time.perf_counter() - start
@@ -185,8 +189,8 @@ def run_variant(name: str, args: argparse.Namespace) -> dict:
             freeze_embeddings(student)
         loader = with_train_rows(setup, raw).train_loader(seed=args.seed, batch_size=args.batch_size)
         run = train(student, cached, loader, setup, args, args.epochs, args.temperature, args.alpha,
-                    setup.val_loader, bf16=bf16)  # accuracy always in fp32
-        precision_name = precision.name(bf16)
+                    setup.val_loader, bf16=bf16, fused="fused" in name)  # accuracy always in fp32
+        precision_name = precision.name(bf16) + (", fused AdamW" if "fused" in name else "")
     train_s = teacher_s + sum(run["epoch_s"])
     return {**result, **run, "teacher_pass_s": teacher_s, "train_s": train_s, "wall_s": train_s + run["eval_s"],
             "samples_per_s": len(raw) * args.epochs / train_s, "final_accuracy": run["accuracy"][-1],

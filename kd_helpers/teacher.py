@@ -104,9 +104,11 @@ class TeacherEnsemble(torch.nn.Module):
         self.members = torch.nn.ModuleList(members)
         self.config = members[0].config
 
-    def forward(self, **inputs):
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None):
         from transformers.modeling_outputs import SequenceClassifierOutput
 
+        inputs = {k: v for k, v in (("input_ids", input_ids), ("attention_mask", attention_mask),
+                                    ("token_type_ids", token_type_ids)) if v is not None}
         return SequenceClassifierOutput(logits=torch.stack([m(**inputs).logits.float() for m in self.members]).mean(0))
 
 

@@ -11,15 +11,20 @@ import torch
 from datasets import Dataset
 
 from kd_helpers import KDConfig, cache, cli
-from kd_helpers.config import DEFAULT_LR, FAST, FULL
-from kd_helpers.models import load_classifier, load_tokenizer, make_student, state_dict_sha256
-from kd_helpers.teacher import cached_teacher_logits, logits_key
+from kd_helpers.config import DEFAULT_LR
+from kd_helpers.models import load_classifier, load_tokenizer, make_student
+
+# Names that exist only after the fix are imported inside the tests, so that on the code before it each test
+# fails on its own behaviour (run against 27a068e: see the closing note of issue #14).
 
 # --- 5. caches keyed by what they depend on ---------------------------------------------------------------
 
 
 def test_teacher_logits_are_keyed_by_the_teachers_weights(tiny_bert_dir, tmp_path, monkeypatch):
     """Two teachers with the same name but different weights must never share cached logits."""
+    from kd_helpers.models import state_dict_sha256
+    from kd_helpers.teacher import cached_teacher_logits, logits_key
+
     monkeypatch.setenv("KD_CACHE_DIR", str(tmp_path))
     tokenizer = load_tokenizer(tiny_bert_dir)
     rows = Dataset.from_dict({"text": ["a fine film", "a dull one"], "label": [1, 0]})
@@ -81,6 +86,8 @@ def test_stale_temporaries_are_cleaned_fresh_ones_kept(tmp_path):
 
 
 def test_fast_mode_never_overrides_options_you_gave():
+    from kd_helpers.config import FAST, FULL
+
     config = KDConfig(fast=True, epochs=5, batch_size=8, student="base", train_rows=1000, lr=1e-5)
     assert (config.epochs, config.batch_size, config.student, config.train_rows, config.lr) == (5, 8, "base", 1000,
                                                                                                1e-5)
@@ -91,6 +98,8 @@ def test_fast_mode_never_overrides_options_you_gave():
 
 
 def test_cli_fast_keeps_the_users_options(tmp_path):
+    from kd_helpers.config import FAST
+
     args = cli.build_parser().parse_args(["distill", "--fast", "--epochs", "4", "--student", "tiny"])
     config = cli.config_from_args(args)
     assert config.fast and config.epochs == 4 and config.student == "tiny" and config.batch_size == FAST["batch_size"]

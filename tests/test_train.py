@@ -176,3 +176,16 @@ def test_ctrl_c_propagates_and_a_passed_run_keeps_finished_epochs(tiny, monkeypa
     monkeypatch.setattr(train.torch.optim.AdamW, "step", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
     with pytest.raises(KeyboardInterrupt):
         train.fine_tune(model, _loader(tiny), CPU, epochs=1, progress=False)
+
+
+def test_teacher_ensemble_answers_with_the_mean_of_its_members_logits(tiny):
+    """A TeacherEnsemble goes wherever a teacher goes (model_inputs, predict_logits, evaluate_model)."""
+    from kd_helpers.teacher import TeacherEnsemble
+
+    members = [freeze(make_student(tiny["base"], "base", seed=s)) for s in (1, 2)]
+    ensemble = TeacherEnsemble(members).eval()
+    loader = _loader(tiny, shuffle=False)
+    each = [predict_logits(m, loader, CPU) for m in members]
+    torch.testing.assert_close(predict_logits(ensemble, loader, CPU), (each[0] + each[1]) / 2)
+    assert 0.0 <= evaluate_model(ensemble, loader, CPU) <= 1.0
+    assert ensemble.config.num_labels == members[0].config.num_labels
