@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import os
 import platform
@@ -43,7 +42,7 @@ from kd_helpers import precision
 from kd_helpers.config import DEFAULT_LR, KDConfig, fast_mode
 from kd_helpers.experiment import Setup, new_student, prepare
 from kd_helpers.loss import DistillationLoss
-from kd_helpers.models import freeze_embeddings
+from kd_helpers.models import freeze_embeddings, state_dict_sha256
 from kd_helpers.stats import mean_sd
 from kd_helpers.train import CachedTeacher, evaluate_model, predict_logits, train_epoch
 
@@ -62,14 +61,6 @@ def load_setup(args: argparse.Namespace) -> Setup:
         torch.set_num_threads(args.threads)
     # the teacher is kd_helpers' default one (seed 42) for every run; --seed only changes the student and its batches
     return prepare(KDConfig.from_env(fast=args.fast), log=log, progress=False)
-
-
-def weights_fingerprint(model: nn.Module) -> str:
-    digest = hashlib.sha256()
-    for name, tensor in model.state_dict().items():
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()[:16]
 
 
 def peak_rss_mb() -> float:
@@ -160,7 +151,7 @@ def run_variant(name: str, args: argparse.Namespace) -> dict:
     raw = kd_data.subsample(setup.splits["train"], args.rows, args.data_seed)
     student = new_student(setup, kind=args.student, seed=args.seed)
     result = {"variant": name, "seed": args.seed, "rows": len(raw), "epochs": args.epochs,
-              "fingerprint": weights_fingerprint(student), "setup_s": time.perf_counter() - started}
+              "fingerprint": state_dict_sha256(student)[:16], "setup_s": time.perf_counter() - started}
     teacher_s, precision_name = 0.0, "fp32"
     if name == "reference":
         loader = reference_loader(raw, setup.tokenizer, args.batch_size, args.seed)
