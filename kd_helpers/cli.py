@@ -39,6 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--fast", action="store_true", help="small subset, 2 epochs, compact student unless you choose "
                    "others (also KD_FAST=1)")
 
+    t = commands.add_parser("trainer", help="the KD student trained by transformers.Trainer (kd_helpers.hf."
+                            "DistillationTrainer) with the cached teacher logits; runs under torchrun too")
+    add_config_options(t)
+    t.add_argument("--fast", action="store_true", help="small subset, 2 epochs, compact student (also KD_FAST=1)")
+
     e = commands.add_parser("evaluate", help="accuracy of a saved model on a data file")
     e.add_argument("--model", required=True, help="a folder saved by distill (e.g. outputs/student)")
     e.add_argument("--data", required=True, help="a CSV/TSV/JSONL file with text and label columns")
@@ -100,7 +105,8 @@ def config_from_args(args: argparse.Namespace, **fixed) -> KDConfig:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        commands = {"distill": cmd_distill, "evaluate": cmd_evaluate, "sweep": cmd_sweep, "compare": cmd_compare}
+        commands = {"distill": cmd_distill, "trainer": cmd_trainer, "evaluate": cmd_evaluate, "sweep": cmd_sweep,
+                    "compare": cmd_compare}
         return commands[args.command](args)
     except KDError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -115,11 +121,17 @@ def main(argv: list[str] | None = None) -> int:
 
 def cmd_distill(args) -> int:
     from kd_helpers.experiment import run_experiment
+    from kd_helpers.parallel import launched_processes, run_experiment_ddp
 
     config = config_from_args(args)
-    print(f"kd_helpers distill: preset={config.preset} student={config.student} data={config.data} "
-          f"mode={'fast' if config.fast else 'full'}")
-    results = run_experiment(config)
+    if launched_processes() > 1:  # accelerate launch / torchrun: data-parallel, the main process reports
+        results = run_experiment_ddp(config)
+        if results is None:
+            return 0
+    else:
+        print(f"kd_helpers distill: preset={config.preset} student={config.student} data={config.data} "
+              f"mode={'fast' if config.fast else 'full'}")
+        results = run_experiment(config)
     print()
     print(format_table(results))
     saved = [os.path.join(config.output_dir, "results.json")]
@@ -129,6 +141,17 @@ def cmd_distill(args) -> int:
             saved.append(results["small_student"]["saved_to"] + "/")
     print(f"\nSaved {', '.join(saved)}")
     return EXIT_INTERRUPTED if results["interrupted"] else 0
+
+
+def cmd_trainer(args) -> int:
+    from kd_helpers.hf import run_trainer
+
+    config = config_from_args(args)
+    results = run_trainer(config)
+    if results is not None:
+        print(f"\nSaved {os.path.join(config.output_dir, 'results.json')}, "
+              f"{os.path.join(config.output_dir, 'student')}/")
+    return 0
 
 
 def cmd_evaluate(args) -> int:

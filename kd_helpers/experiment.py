@@ -74,12 +74,15 @@ def sources(config: KDConfig) -> tuple[str, str | None]:
     return config.base or str(minilm_dir()), config.teacher
 
 
-def prepare(config: KDConfig, log=print, progress: bool = True) -> Setup:
-    """Load the data, the student's base, and the teacher (trained and cached on first use)."""
+def prepare(config: KDConfig, log=print, progress: bool = True, device: torch.device | None = None) -> Setup:
+    """Load the data, the student's base, and the teacher (trained and cached on first use).
+
+    ``device``: this process's device when a launcher chose it (:mod:`kd_helpers.parallel`); else ``config.device``.
+    """
     timings = {}
     start = time.perf_counter()
     set_seed(config.seed)
-    device = pick_device(config.device)
+    device = device or pick_device(config.device)
     bf16 = precision.resolve_bf16(device, config.bf16)
     splits = kd_data.load_splits(config.data, seed=config.seed)
     splits["train"] = kd_data.subsample(splits["train"], config.train_rows, config.seed)
@@ -185,7 +188,7 @@ def run_experiment(config: KDConfig, log=print, progress: bool = True) -> dict:
         student, run = train_student(setup, student=student, progress=progress, run=run)
         results["student_after_accuracy"] = _last_acc(run)
         results["timings"]["distill_s"] = time.perf_counter() - start
-        _save_student(student, setup.tokenizer, out / "student")
+        save_student(student, setup.tokenizer, out / "student")
 
         if config.baseline:
             log("\nCE-only baseline (alpha=0, same initial student, same budget)...")
@@ -233,7 +236,7 @@ def small_student_run(setup: Setup, save_to: Path, fraction: float = 0.1, seeds=
     comparison = transfer.compare_methods(ts, list(seeds), steps, methods=("kd", "ce"),
                                           temperature=setup.config.temperature, alpha=setup.config.alpha, log=log)
     kd_student = comparison.pop("students")["kd"]
-    _save_student(kd_student, setup.tokenizer, save_to)
+    save_student(kd_student, setup.tokenizer, save_to)
     texts = setup.splits["test"]["text"]
     batch1 = setup.tokenizer(texts[:1], return_tensors="pt")
     batch32 = setup.tokenizer(texts[:32], return_tensors="pt", padding=True)
@@ -273,7 +276,9 @@ def _last_acc(run) -> float | None:
     return run.history[-1]["accuracy"] if run.history else None
 
 
-def _save_student(student, tokenizer, folder: Path) -> None:
+def save_student(student, tokenizer, folder: Path) -> None:
+    """Model and tokenizer into ``folder``, atomically (a crash leaves the previous copy)."""
+
     def build(tmp: Path) -> None:
         student.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)

@@ -53,6 +53,7 @@ class DistillationTrainer(Trainer):
             self.teacher = freeze(teacher).to(self.args.device)
         self.temperature, self.alpha = float(temperature), float(alpha)
         self._sums = {"distill_loss": 0.0, "student_loss": 0.0, "rows": 0}
+        self.rows_seen: list[list[int]] = []  # per epoch, the ids of the rows this process trained on
 
     def _set_signature_columns_if_needed(self) -> None:
         super()._set_signature_columns_if_needed()
@@ -82,6 +83,10 @@ class DistillationTrainer(Trainer):
             self._sums["distill_loss"] += kl.detach().sum().item()
             self._sums["student_loss"] += ce.detach().sum().item()
             self._sums["rows"] += len(labels)
+            if idx is not None:
+                epoch = int(self.state.epoch or 0)  # the epochs finished so far
+                self.rows_seen.extend([] for _ in range(epoch + 1 - len(self.rows_seen)))
+                self.rows_seen[epoch].extend(idx.tolist())
         return (loss, outputs) if return_outputs else loss
 
     def log(self, logs: dict, *args, **kwargs) -> None:
@@ -91,3 +96,66 @@ class DistillationTrainer(Trainer):
                     "student_loss": self._sums["student_loss"] / rows}
             self._sums = {"distill_loss": 0.0, "student_loss": 0.0, "rows": 0}
         super().log(logs, *args, **kwargs)
+
+
+def run_trainer(config, log=print) -> dict | None:
+    """``python -m kd_helpers trainer``: the KD student trained by :class:`DistillationTrainer` with the cached teacher
+    logits, alone or under ``torchrun`` / ``accelerate launch``. The global batch is ``config.batch_size`` whatever
+    the number of processes (each takes ``batch_size / processes`` rows per step). The main process writes
+    ``results.json`` (accuracy, history, ``world_size``, the rows each process trained on) and saves the student.
+    """
+    import shutil
+    import tempfile
+    import time
+    from pathlib import Path
+
+    from accelerate import PartialState
+    from accelerate.utils import gather_object
+    from transformers import DataCollatorWithPadding, TrainingArguments
+
+    from kd_helpers import experiment, precision
+    from kd_helpers.cache import atomic_write_json, check_writable
+    from kd_helpers.config import pick_device
+
+    state = PartialState(cpu=pick_device(config.device).type == "cpu")
+    world, main = state.num_processes, state.is_main_process
+    if config.batch_size % world:
+        raise KDError(f"--batch-size {config.batch_size}: must be divisible by the {world} processes")
+    say = log if main else (lambda *args, **kwargs: None)
+    out = check_writable(config.output_dir) if main else Path(config.output_dir)
+    started = time.perf_counter()
+    with state.main_process_first():
+        setup = experiment.prepare(config, log=say, progress=main, device=state.device)
+    student = experiment.new_student(setup)
+    scratch = tempfile.mkdtemp(prefix="kd_trainer_")
+    args = TrainingArguments(
+        output_dir=scratch, per_device_train_batch_size=config.batch_size // world, per_device_eval_batch_size=64,
+        num_train_epochs=config.epochs, learning_rate=config.lr, lr_scheduler_type="linear", warmup_steps=0.1,
+        seed=config.seed, bf16=setup.bf16, use_cpu=setup.device.type == "cpu", eval_strategy="epoch",
+        logging_strategy="epoch", save_strategy="no", report_to="none", disable_tqdm=not main,
+        dataloader_num_workers=0)
+    trainer = DistillationTrainer(
+        model=student, args=args, train_dataset=setup.train_set, eval_dataset=setup.val_set,
+        data_collator=DataCollatorWithPadding(setup.tokenizer, return_tensors="pt"),
+        compute_metrics=lambda p: {"accuracy": float((p.predictions.argmax(-1) == p.label_ids).mean())},
+        teacher_logits=setup.cached_teacher, temperature=config.temperature, alpha=config.alpha)
+    say(f"Trainer: {world} process(es), {config.batch_size // world} rows each per step, {config.epochs} epochs")
+    try:
+        trainer.train()
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    history = [{"epoch": round(e["epoch"]), "accuracy": e["eval_accuracy"]} for e in trainer.state.log_history
+               if "eval_accuracy" in e]
+    rows = gather_object([trainer.rows_seen])
+    results = {"config": config.to_dict(), "engine": "transformers.Trainer (kd_helpers.hf.DistillationTrainer)",
+               "environment": experiment.environment(), "world_size": world, "precision": precision.name(setup.bf16),
+               "history": history, "student_after_accuracy": history[-1]["accuracy"],
+               "rows_per_process": [sum(map(len, r)) for r in rows], "first_epoch_rows": [r[0] for r in rows],
+               "train_rows": len(setup.train_set), "validation_rows": len(setup.val_set),
+               "timings": {"total_s": time.perf_counter() - started}}
+    if main:
+        experiment.save_student(trainer.model, setup.tokenizer, out / "student")
+        atomic_write_json(out / "results.json", results)
+        say(f"Student after distillation (Trainer): {results['student_after_accuracy']:.4f}")
+    state.wait_for_everyone()
+    return results if main else None
