@@ -14,7 +14,7 @@ TORCH_INDEX ?= $(shell command -v nvidia-smi >/dev/null 2>&1 || ! curl -fs -m 3 
 PY_SUPPORTED := 3.11 3.12
 PYTEST_ARGS ?=
 
-.PHONY: setup lock demo compare test lint unit nbtest notebooks sweep bench lab clean
+.PHONY: setup lock demo compare test lint unit nbtest notebooks sweep bench lab slides release clean
 
 setup: $(STAMP)
 
@@ -64,6 +64,15 @@ bench: setup
 
 lab: setup
 	$(PY) -m jupyter lab notebooks/
+
+# Student versions of the exercises (nbgrader; stubs in place of the answers): notebooks/release/. CI checks both
+# directions (tests/test_release.py): the solutions pass their tests, the student versions fail every one.
+release: setup
+	$(PY) scripts/release.py
+
+# The main notebooks as reveal.js slides (each cell's RISE slideshow metadata, the committed outputs): slides/*.html
+slides: setup
+	$(PY) -m jupyter nbconvert --to slides --output-dir slides notebooks/0[1-5]_*.ipynb
 
 clean:
 	rm -rf outputs tests/artifacts .pytest_cache

@@ -14,9 +14,22 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.patches import Rectangle
 
-TEACHER, STUDENT = "tab:blue", "tab:orange"
-COMPONENTS = (("total", "total", "black"), ("distill", "distill (KL x T²)", "tab:purple"),
-              ("student", "student (CE)", "tab:green"))
+# Okabe & Ito's colour-blind-safe palette; every series also differs by line style or marker, never by colour alone.
+PALETTE = {"black": "#000000", "orange": "#E69F00", "sky": "#56B4E9", "green": "#009E73", "yellow": "#F0E442",
+           "blue": "#0072B2", "vermillion": "#D55E00", "purple": "#CC79A7", "grey": "#999999"}
+TEACHER, STUDENT, BASELINE = PALETTE["blue"], PALETTE["vermillion"], PALETTE["black"]
+# (key, legend name, colour, line style, marker): the loss components of one run
+COMPONENTS = (("total", "total", PALETTE["black"], "-", "o"), ("distill", "distill (KL x T²)", PALETTE["purple"],
+              "--", "^"), ("student", "student (CE)", PALETTE["green"], ":", "s"))
+# the three students of notebook 03 and the comparisons: colour, marker, line style
+METHODS = {"kd": {"color": STUDENT, "marker": "o", "ls": "-"},
+           "ce": {"color": BASELINE, "marker": "s", "ls": "-."},
+           "aug_ce": {"color": PALETTE["sky"], "marker": "^", "ls": "--"},
+           "teacher": {"color": TEACHER, "marker": "D", "ls": "--"}}
+SERIES = tuple({"color": PALETTE[c], "marker": m, "ls": ls} for c, m, ls in (
+    ("blue", "o", "-"), ("vermillion", "s", "--"), ("green", "^", "-."), ("orange", "D", ":"),
+    ("purple", "v", "-"), ("sky", "P", "--"), ("black", "X", "-.")))
+FONT_SIZE = 12  # widgets and exported figures: readable from the back of a room
 
 
 def softmax(logits, temperature: float = 1.0) -> np.ndarray:
@@ -33,7 +46,7 @@ def plot_soft_targets(ax: Axes, teacher_logits, student_logits, temperature: flo
     student = softmax(np.atleast_2d(np.asarray(student_logits, dtype=float))[0], temperature)
     x = np.arange(len(teacher))
     ax.bar(x - 0.2, teacher, width=0.4, color=TEACHER, label="teacher")
-    ax.bar(x + 0.2, student, width=0.4, color=STUDENT, label="student")
+    ax.bar(x + 0.2, student, width=0.4, color=STUDENT, hatch="//", edgecolor="white", label="student")
     ax.set_xticks(x, list(class_names) if class_names is not None else [str(i) for i in x])
     ax.set(xlabel="class", ylabel=f"softmax(logits / T), T = {temperature:g}", ylim=(0, 1.05),
            title="Softened distributions")
@@ -43,9 +56,10 @@ def plot_soft_targets(ax: Axes, teacher_logits, student_logits, temperature: flo
 def plot_loss_components(ax: Axes, xs: Sequence[float], components: Mapping[str, Sequence[float]],
                          current: float | None = None, xlabel: str = "temperature T") -> None:
     """Distill, student and total loss against T (or alpha); a dotted line marks the current value."""
-    for key, label, color in COMPONENTS:
+    for key, label, color, linestyle, marker in COMPONENTS:
         if key in components:
-            ax.plot(xs, components[key], color=color, label=label, lw=2 if key == "total" else 1.5)
+            ax.plot(xs, components[key], color=color, ls=linestyle, marker=marker, markevery=max(len(xs) // 8, 1),
+                    label=label, lw=2 if key == "total" else 1.5)
     if current is not None:
         ax.axvline(current, color="grey", ls=":", label=f"current = {current:g}")
     ax.set(xlabel=xlabel, ylabel="loss", title=f"Loss components vs {xlabel.split()[0]}")
@@ -66,9 +80,9 @@ def plot_step_losses(ax: Axes, steps: Sequence[Mapping], label: str = "", linest
         return
     x = np.array([s["step"] for s in steps]) if "step" in steps[0] else np.arange(1, len(steps) + 1)
     shown = set(ax.get_legend_handles_labels()[1])
-    for key, name, color in COMPONENTS:
-        ax.plot(x, [s[f"{key}_loss"] for s in steps], color=color, ls=linestyle, lw=1.2,
-                label=None if name in shown else name)
+    for key, name, color, _, marker in COMPONENTS:  # the run's line style; the components differ by marker
+        ax.plot(x, [s[f"{key}_loss"] for s in steps], color=color, ls=linestyle, lw=1.2, marker=marker, ms=4,
+                markevery=max(len(x) // 10, 1), label=None if name in shown else name)
     if label:
         ax.plot([], [], color="grey", ls=linestyle, label=label)
     epochs = [s.get("epoch", 1) for s in steps]
@@ -89,9 +103,9 @@ def plot_accuracy_curves(ax: Axes, history: Sequence[Mapping], teacher_accuracy:
     if teacher_accuracy is not None:
         ax.axhline(teacher_accuracy, color=TEACHER, ls="--", label=f"teacher {teacher_accuracy:.1%}")
     if isinstance(baseline_accuracy, (int, float)):
-        ax.axhline(baseline_accuracy, color="grey", ls="-.", label=f"CE-only {baseline_accuracy:.1%}")
+        ax.axhline(baseline_accuracy, color=BASELINE, ls="-.", label=f"CE-only {baseline_accuracy:.1%}")
     elif baseline_accuracy:
-        _curve(ax, baseline_accuracy, dict(color="grey", ls="-.", marker="s", label="CE-only (alpha = 0)"))
+        _curve(ax, baseline_accuracy, dict(color=BASELINE, ls="-.", marker="s", label="CE-only (alpha = 0)"))
     curves = [history] + ([] if isinstance(baseline_accuracy, (int, float)) else [baseline_accuracy or []])
     by_step = any("step" in h for curve in curves for h in curve)
     if not by_step:
@@ -142,28 +156,32 @@ def plot_heatmap(ax: Axes, grid, temperatures: Sequence[float], alphas: Sequence
         ax.text(j, i, "–" if np.isnan(value) else f"{value:.1%}{star}", ha="center", va="center", fontsize="small",
                 color="grey" if np.isnan(value) else "white" if dark else "black")
     marks = [highlight] if isinstance(highlight, tuple) else list(highlight or [])
-    for (temperature, alpha), color in zip(marks, ("red", "magenta"), strict=False):
+    for (temperature, alpha), color, style in zip(marks, (PALETTE["vermillion"], PALETTE["purple"]), ("-", "--"),
+                                                  strict=False):
         if temperature in temperatures and alpha in alphas:
             i, j = list(temperatures).index(temperature), list(alphas).index(alpha)
-            ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, ec=color, lw=3))
+            ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, ec=color, ls=style, lw=3))
     ax.set_xticks(range(len(alphas)), [f"{a:g}" for a in alphas])
     ax.set_yticks(range(len(temperatures)), [f"{t:g}" for t in temperatures])
     ax.set(xlabel="alpha (weight of the KL term; 0 = CE only)", ylabel="temperature T", title=title)
 
 
 def plot_reliability(ax: Axes, bins: Mapping, label: str = "model") -> None:
-    """Reliability diagram from ``metrics.reliability_bins``: accuracy per confidence bin vs the diagonal."""
+    """Reliability diagram from ``metrics.reliability_bins``: accuracy per confidence bin vs the diagonal.
+
+    The legend sits below the axes, so that it never hides a bar.
+    """
     edges = np.asarray(bins["edges"])
     filled = np.asarray(bins["count"]) > 0
     centers, width = (edges[:-1] + edges[1:]) / 2, np.diff(edges)
-    ax.bar(centers[filled], np.asarray(bins["accuracy"])[filled], width=width[filled], alpha=0.6,
-           edgecolor="black", label=f"{label}: accuracy per bin")
-    ax.plot(np.asarray(bins["confidence"])[filled], np.asarray(bins["accuracy"])[filled], "o", color="black",
+    ax.bar(centers[filled], np.asarray(bins["accuracy"])[filled], width=width[filled], color=PALETTE["sky"],
+           edgecolor=PALETTE["black"], label=f"{label}: accuracy per bin")
+    ax.plot(np.asarray(bins["confidence"])[filled], np.asarray(bins["accuracy"])[filled], "o", color=PALETTE["black"],
             ms=3, label="per bin: (mean confidence, accuracy)")
-    ax.plot([0, 1], [0, 1], ls="--", color="grey", label="perfectly calibrated")
+    ax.plot([0, 1], [0, 1], ls="--", color=PALETTE["vermillion"], label="perfectly calibrated")
     ax.set(xlabel="confidence (max probability)", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1.02),
            title="Reliability diagram")
-    ax.legend(loc="upper left", fontsize="small")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.18), fontsize="small", ncol=1, frameon=False)
 
 
 def plot_confusion(ax: Axes, matrix, class_names: Sequence[str] = ("negative", "positive"),
@@ -181,17 +199,22 @@ def plot_confusion(ax: Axes, matrix, class_names: Sequence[str] = ("negative", "
 
 
 def plot_accuracy_vs_latency(ax: Axes, models: Mapping[str, Mapping]) -> None:
-    """One bubble per model (``metrics.metrics_table`` output): latency vs accuracy, area ~ size in MB."""
-    for (name, report), color in zip(models.items(), _cycle(), strict=False):
-        ax.scatter(report["latency_ms_batch1"], report["accuracy"], s=20 + 3 * report["size_mb"], color=color,
-                   alpha=0.6, edgecolor="black", label=f"{name} ({report['size_mb']:.0f} MB)")
-        ax.annotate(name, (report["latency_ms_batch1"], report["accuracy"]), textcoords="offset points",
-                    xytext=(6, 6), fontsize="small")
+    """One marker per model (``metrics.metrics_table`` output): latency vs accuracy, area ~ size in MB.
+
+    Each model has its own colour *and* marker, named in the legend below the axes (labels beside the points
+    overprinted each other where models have similar latency and accuracy).
+    """
+    for (name, report), style in zip(models.items(), _cycle(), strict=False):
+        ax.scatter(report["latency_ms_batch1"], report["accuracy"], s=40 + 3 * report["size_mb"],
+                   color=style["color"], marker=style["marker"], alpha=0.8, edgecolor=PALETTE["black"],
+                   label=f"{name} ({report['size_mb']:.0f} MB)")
+    ax.margins(x=0.1, y=0.1)
     ax.set(xlabel="CPU latency, batch 1 (ms)", ylabel="validation accuracy",
-           title="Accuracy vs latency (bubble area ~ size)")
-    ax.legend(loc="lower right", fontsize="small", markerscale=0.5)
+           title="Accuracy vs latency (marker area ~ size)")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), fontsize="small", markerscale=0.6, ncol=2,
+              frameon=False)
 
 
 def _cycle():
     while True:
-        yield from ("tab:blue", "tab:grey", "tab:orange", "tab:green", "tab:red", "tab:purple")
+        yield from SERIES

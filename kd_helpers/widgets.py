@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import ipywidgets as widgets
+import matplotlib
 import numpy as np
 import torch
 from matplotlib.figure import Figure
@@ -23,6 +24,7 @@ from kd_helpers.errors import KDError, NonFiniteLossError
 from kd_helpers.loss import DistillationLoss
 
 WIDE = {"description_width": "initial"}
+PROJECTOR = {"font.size": plots.FONT_SIZE, "legend.fontsize": plots.FONT_SIZE - 2}  # readable from the back row
 
 
 def render_png(fig: Figure) -> bytes:
@@ -71,6 +73,7 @@ class LossExplorer(widgets.VBox):
                                                                        self.labels)
         return {"total": total.item(), "distill": distill.item(), "student": student.item()}
 
+    @matplotlib.rc_context(PROJECTOR)
     def update(self, change=None) -> None:
         """Recompute and redraw for the sliders' current values."""
         T, alpha = float(self.temperature.value), float(self.alpha.value)
@@ -151,6 +154,7 @@ class TrainingExplorer(widgets.VBox):
             t_control.value = float(temperature)
         a_control.value = float(alpha)
 
+    @matplotlib.rc_context(PROJECTOR)
     def update(self, change=None) -> None:
         """Redraw the three panels for the current selection(s) and seeds, from the results in memory."""
         if self._quiet:
@@ -174,14 +178,15 @@ class TrainingExplorer(widgets.VBox):
                                        teacher_accuracy=None if n else self.view.get("teacher_accuracy"),
                                        baseline_accuracy=None if n or not baseline or run is baseline
                                        else baseline["history"],
-                                       label=name, linestyle=style, color="tab:purple" if n else plots.STUDENT)
+                                       label=name, linestyle=style,
+                                       color=plots.PALETTE["purple"] if n else plots.STUDENT)
         ts, alphas = self._grid_axes()
         n_seeds = len(self.seeds.value)
         plots.plot_heatmap(self.axes["heatmap"], sweep.accuracy_grid(self.view, ts, alphas), ts, alphas,
                            highlight=[(t, a) for t, a, _ in picks],
                            reference=baseline["accuracy"] if baseline else None,
                            significant=sweep.significance_grid(self.view, ts, alphas),
-                           title=f"Mean final accuracy, {n_seeds} seed(s) (red: selected)\n"
+                           title=f"Mean final accuracy, {n_seeds} seed(s) (box: selected)\n"
                            + ("white = CE-only; * beyond 2 SE of the paired difference" if baseline else ""))
         self.free_temperature.value, self.free_alpha.value = self.temperature.value, self.alpha.value
         self.status.value = self._summary(picks)
@@ -288,8 +293,8 @@ def training_explorer(sweep_results: dict | str | Path, setup=None) -> TrainingE
 
 def _figure() -> Figure:
     # fixed margins: constrained layout would double the cost of every re-plot
-    fig = Figure(figsize=(15, 4.2), dpi=72)
-    fig.subplots_adjust(left=0.05, right=0.99, bottom=0.13, top=0.86, wspace=0.22)  # room for 2-line titles
+    fig = Figure(figsize=(15, 4.8), dpi=100)
+    fig.subplots_adjust(left=0.05, right=0.99, bottom=0.14, top=0.85, wspace=0.24)  # room for 2-line titles
     return fig
 
 
