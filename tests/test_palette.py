@@ -24,7 +24,8 @@ MODELS = {name: {"latency_ms_batch1": lat, "accuracy": acc, "size_mb": mb}
                                      ("student_kd", 1.1, 0.78, 16), ("student_ce", 1.2, 0.75, 16),
                                      ("student_kd_int8", 0.9, 0.78, 10))}
 BINS = {"edges": np.linspace(0, 1, 16).tolist(), "count": [0] * 7 + [5] * 8,
-        "accuracy": [0.0] * 7 + list(np.linspace(0.3, 0.9, 8)), "confidence": [0.0] * 7 + list(np.linspace(0.5, 0.97, 8))}
+        "accuracy": [0.0] * 7 + list(np.linspace(0.3, 0.9, 8)),
+        "confidence": [0.0] * 7 + list(np.linspace(0.5, 0.97, 8))}
 
 DRAWINGS = {
     "soft_targets": lambda ax: plots.plot_soft_targets(ax, [0.0, 2.0, 1.0], [0.5, 0.5, 0.0], 4.0),
