@@ -95,9 +95,10 @@ def plot_step_losses(ax: Axes, steps: Sequence[Mapping], label: str = "", linest
 
 def plot_accuracy_curves(ax: Axes, history: Sequence[Mapping], teacher_accuracy: float | None = None,
                          baseline_accuracy: float | Sequence[Mapping] | None = None, label: str = "student",
-                         linestyle: str = "-", color: str = STUDENT) -> None:
+                         linestyle: str = "-", color: str = STUDENT, legend_loc: str = "lower right") -> None:
     """Validation accuracy per epoch (or per evaluation ``step``), with a ±1 sd band where the history has
-    ``accuracy_sd`` (a mean over seeds); the teacher and the CE-only baseline (a number or a history)."""
+    ``accuracy_sd`` (a mean over seeds); the teacher and the CE-only baseline (a number or a history).
+    ``legend_loc="best"`` lets matplotlib keep the legend off the curves (slower: the widget's choice)."""
     if history:
         _curve(ax, history, dict(marker="o", ls=linestyle, color=color, label=label))
     if teacher_accuracy is not None:
@@ -117,7 +118,7 @@ def plot_accuracy_curves(ax: Axes, history: Sequence[Mapping], teacher_accuracy:
     ax.set(xlabel="training step" if by_step else "epoch",
            ylabel="validation accuracy" + (" (mean ± 1 sd over seeds)" if band else ""),
            title="Validation accuracy")
-    ax.legend(loc="lower right", fontsize="small")
+    ax.legend(loc=legend_loc, fontsize="small")
 
 
 def _curve(ax: Axes, history: Sequence[Mapping], style: dict) -> None:

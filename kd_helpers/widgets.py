@@ -178,7 +178,7 @@ class TrainingExplorer(widgets.VBox):
                                        teacher_accuracy=None if n else self.view.get("teacher_accuracy"),
                                        baseline_accuracy=None if n or not baseline or run is baseline
                                        else baseline["history"],
-                                       label=name, linestyle=style,
+                                       label=name, linestyle=style, legend_loc="best",
                                        color=plots.PALETTE["purple"] if n else plots.STUDENT)
         ts, alphas = self._grid_axes()
         n_seeds = len(self.seeds.value)
