@@ -34,9 +34,9 @@ from kd_helpers import experiment, precision
 from kd_helpers.cache import atomic_write_json, check_writable
 from kd_helpers.config import pick_device
 from kd_helpers.errors import NonFiniteLossError
-from kd_helpers.loss import UNLABELLED, DistillationLoss, transfer_loss
+from kd_helpers.loss import DistillationLoss
 from kd_helpers.precision import inference, train_autocast
-from kd_helpers.train import TrainingRun, get_teacher_logits, model_inputs
+from kd_helpers.train import TrainingRun, batch_loss, epoch_averages, get_teacher_logits, model_inputs
 
 
 def launched_processes() -> int:
@@ -84,22 +84,18 @@ def train_epoch_ddp(accelerator: Accelerator, student_model, teacher_model, trai
     process's rows), the per-step losses, and the row ids this process trained on (``rows``)."""
     device = accelerator.device
     student_model.train()
-    inner = student_model.module if hasattr(student_model, "module") else student_model
-    sums = {"total_loss": 0.0, "distill_loss": 0.0, "student_loss": 0.0}
     steps, rows = [], []
     for step, batch in enumerate(train_loader, 1):
         teacher_logits = get_teacher_logits(teacher_model, batch, device)  # cached: looked up by the rows' ids
         labels = batch["labels"].to(device)
         with train_autocast(device, bf16):
-            student_logits = student_model(**model_inputs(inner, batch, device)).logits
-        if (labels == UNLABELLED).any():
-            total, distill, student = transfer_loss(criterion, student_logits.float(), teacher_logits, labels)
-        else:
-            total, distill, student = criterion(student_logits.float(), teacher_logits, labels)
+            student_logits = student_model(**model_inputs(student_model, batch, device)).logits
+        total, distill, student = batch_loss(criterion, student_logits.float(), teacher_logits, labels)
         n_local = torch.tensor(float(len(labels)), device=device)
         stats = accelerator.reduce(torch.stack([n_local, *(t.detach() * n_local for t in (total, distill, student))]),
                                    reduction="sum")  # DDP: this step's rows and loss sums, over all processes
-        losses = dict(zip(sums, (stats[1:] / stats[0]).tolist(), strict=True))  # the whole batch's means
+        losses = dict(zip(("total_loss", "distill_loss", "student_loss"), (stats[1:] / stats[0]).tolist(),
+                          strict=True))  # the whole batch's means, as train_epoch logs them
         if not all(math.isfinite(v) for v in losses.values()):
             raise NonFiniteLossError(f"non-finite loss at step {step} ({losses}). Lower --lr or check the data")
         optimizer.zero_grad(set_to_none=True)
@@ -108,23 +104,19 @@ def train_epoch_ddp(accelerator: Accelerator, student_model, teacher_model, trai
         optimizer.step()
         if scheduler is not None:
             scheduler.step()
-        for key, value in losses.items():
-            sums[key] += value
         steps.append(losses)
         rows.extend(batch["idx"].tolist())
-    n = max(len(steps), 1)
-    return {**{key: value / n for key, value in sums.items()}, "steps": steps, "rows": rows}
+    return {**epoch_averages(steps), "steps": steps, "rows": rows}
 
 
 def evaluate_model_ddp(accelerator: Accelerator, model, val_loader) -> float:
     """Accuracy over every validation row: each process predicts its shard, ``gather_for_metrics`` collects."""
     device = accelerator.device
-    inner = model.module if hasattr(model, "module") else model
     model.eval()
     predictions, labels = [], []
     with torch.inference_mode(), inference(device):
         for batch in val_loader:
-            logits = model(**model_inputs(inner, batch, device)).logits
+            logits = model(**model_inputs(model, batch, device)).logits
             predictions.append(logits.argmax(dim=-1).cpu())
             labels.append(batch["labels"].cpu())
     mine = torch.stack([torch.cat(predictions), torch.cat(labels)], dim=1).tolist() if predictions else []

@@ -5,6 +5,7 @@ Names and return values follow the reference experiment, so that its code and ou
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 from collections.abc import Callable
@@ -42,10 +43,11 @@ class CachedTeacher:
 
 def model_inputs(model: nn.Module, batch: dict, device: torch.device) -> dict:
     """The tensors ``model.forward`` accepts (DistilBERT takes no ``token_type_ids``), on ``device``."""
-    accepted = _forward_params(type(model))
+    accepted = _forward_params(type(getattr(model, "module", model)))  # DistributedDataParallel: the model inside
     return {k: batch[k].to(device) for k in INPUT_KEYS if k in batch and k in accepted}
 
 
+@functools.cache
 def _forward_params(cls: type) -> frozenset:
     return frozenset(inspect.signature(cls.forward).parameters)
 
@@ -68,7 +70,6 @@ def train_epoch(student_model, teacher_model, train_loader, optimizer, scheduler
     """
     student_model.train()
     teacher_model.eval()
-    sums = {"total_loss": 0.0, "distill_loss": 0.0, "student_loss": 0.0}
     steps, last_finite = [], None
     bar = tqdm(train_loader, desc=desc, leave=False, disable=not progress)
     for step, batch in enumerate(bar, 1):
@@ -76,10 +77,7 @@ def train_epoch(student_model, teacher_model, train_loader, optimizer, scheduler
         labels = batch["labels"].to(device)
         with train_autocast(device, bf16):
             student_logits = student_model(**model_inputs(student_model, batch, device)).logits
-        if (labels == UNLABELLED).any():  # transfer-set rows in the batch: soft targets only for them
-            total, distill, student = transfer_loss(criterion, student_logits.float(), teacher_logits, labels)
-        else:
-            total, distill, student = criterion(student_logits.float(), teacher_logits, labels)
+        total, distill, student = batch_loss(criterion, student_logits.float(), teacher_logits, labels)
         losses = {"total_loss": total.item(), "distill_loss": distill.item(), "student_loss": student.item()}
         if not all(math.isfinite(v) for v in losses.values()):
             raise NonFiniteLossError(f"non-finite loss at step {step} ({_fmt(losses)}); last finite losses: "
@@ -90,12 +88,23 @@ def train_epoch(student_model, teacher_model, train_loader, optimizer, scheduler
         optimizer.step()
         if scheduler is not None:
             scheduler.step()
-        for key, value in losses.items():
-            sums[key] += value
         steps.append(losses)
         bar.set_postfix(loss=f"{losses['total_loss']:.3f}", distill=f"{losses['distill_loss']:.3f}")
-    n = max(len(steps), 1)
-    return {**{key: value / n for key, value in sums.items()}, "steps": steps}
+    return {**epoch_averages(steps), "steps": steps}
+
+
+def batch_loss(criterion, student_logits, teacher_logits, labels) -> tuple:
+    """``criterion``'s ``(total, distill, student)``; a batch with transfer-set rows (label ``UNLABELLED``) gets
+    soft targets only for those rows (:func:`kd_helpers.loss.transfer_loss`)."""
+    if (labels == UNLABELLED).any():
+        return transfer_loss(criterion, student_logits, teacher_logits, labels)
+    return criterion(student_logits, teacher_logits, labels)
+
+
+def epoch_averages(steps: list) -> dict:
+    """The mean of each loss component over an epoch's steps (what ``train_epoch`` returns)."""
+    keys = ("total_loss", "distill_loss", "student_loss")
+    return {key: sum(step[key] for step in steps) / max(len(steps), 1) for key in keys}
 
 
 def evaluate_model(model, val_loader, device) -> float:
