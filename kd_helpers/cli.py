@@ -72,8 +72,22 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--methods", nargs="+", default=["kd", "ce", "aug_ce"], choices=["kd", "ce", "aug_ce"])
     c.add_argument("--temperature", type=float, default=4.0)
     c.add_argument("--alpha", type=float, default=0.7, help="weight of the KL term on labelled rows")
+    c.add_argument("--variants", type=int, default=None,
+                   help="augmented variants per training sentence in the transfer set (default 8)")
     c.add_argument("--output-dir", default="outputs")
     c.add_argument("--fast", action="store_true", help="small subset, few steps (also KD_FAST=1)")
+
+    f = commands.add_parser("features", help="beyond logits: CE-only, logit KD and logit KD + feature losses "
+                            "(hidden states, attention maps) for the tiny student over seeds, test split, paired tests")
+    f.add_argument("--feature-loss", default=None, help="comma-separated, from: hidden (MSE through a learned "
+                   "projection), cosine, attention (KL of attention maps); default: notebook 05's comparison "
+                   "(logit+hidden and logit+hidden+attention)")
+    f.add_argument("--feature-weight", default=None, help="comma-separated weights, one per --feature-loss "
+                   "(default 1 each); added to the logit loss")
+    f.add_argument("--seeds", type=int, nargs="+", default=list(SWEEP_SEEDS))
+    f.add_argument("--steps", type=int, default=None, help="optimizer steps per student (default 400)")
+    f.add_argument("--output-dir", default="outputs")
+    f.add_argument("--fast", action="store_true", help="small subset, few steps (also KD_FAST=1)")
     return parser
 
 
@@ -106,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         commands = {"distill": cmd_distill, "trainer": cmd_trainer, "evaluate": cmd_evaluate, "sweep": cmd_sweep,
-                    "compare": cmd_compare}
+                    "compare": cmd_compare, "features": cmd_features}
         return commands[args.command](args)
     except KDError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -214,11 +228,13 @@ def cmd_compare(args) -> int:
 
     config = config_from_args(args, student="tiny")
     steps = args.steps or (FAST_STEPS if config.fast else COMPARE_STEPS)
+    if args.variants is not None and args.variants < 1:
+        raise KDError(f"--variants {args.variants}: must be >= 1")
     check_writable(args.output_dir)
     setup = experiment.prepare(config)
     report = {"config": config.to_dict(), "environment": experiment.environment(), "regimes": []}
     for fraction in args.fractions:
-        ts = transfer.prepare_transfer(setup, fraction=fraction)
+        ts = transfer.prepare_transfer(setup, n_variants=args.variants or transfer.N_VARIANTS, fraction=fraction)
         print(f"\nLabels known: {fraction:.0%} ({len(ts.labelled_ids)} rows); transfer rows: {len(ts.transfer_ids)}; "
               f"{steps} steps of {config.batch_size} for every student")
         result = transfer.compare_methods(ts, args.seeds, steps, methods=tuple(args.methods),
@@ -230,6 +246,63 @@ def cmd_compare(args) -> int:
     out = Path(args.output_dir) / "compare.json"
     atomic_write_json(out, report)
     print(f"\nTeacher test accuracy: {100 * report['teacher_test_accuracy']:.1f} %\nSaved {out}")
+    return 0
+
+
+def feature_methods(feature_loss: str | None, feature_weight: str | None) -> dict:
+    """The methods ``features`` trains: CE-only, logit KD, and the chosen feature losses (or notebook 05's)."""
+    from kd_helpers import beyond
+    from kd_helpers.features import FEATURES, FeatureWeights
+
+    base = {k: beyond.METHODS[k] for k in ("ce", "logit")}
+    if feature_loss is None:
+        if feature_weight is not None:
+            raise KDError("--feature-weight needs --feature-loss (which losses the weights are for)")
+        return dict(beyond.METHODS)
+    names = [n.strip() for n in feature_loss.split(",") if n.strip()]
+    unknown = [n for n in names if n not in FEATURES]
+    if not names or unknown or len(set(names)) != len(names):
+        raise KDError(f"--feature-loss {feature_loss!r}: give distinct names from {', '.join(FEATURES)}")
+    try:
+        weights = [float(w) for w in feature_weight.split(",")] if feature_weight else [1.0] * len(names)
+    except ValueError:
+        raise KDError(f"--feature-weight {feature_weight!r}: comma-separated numbers, one per loss") from None
+    if len(weights) != len(names):
+        raise KDError(f"--feature-weight {feature_weight!r}: {len(weights)} weight(s) for {len(names)} loss(es)")
+    chosen = FeatureWeights(**dict(zip(names, weights, strict=True)))
+    return {**base, chosen.name(): (0.7, chosen)}
+
+
+def cmd_features(args) -> int:
+    """``python -m kd_helpers features``: notebook 05's comparison; results.json + the feature student saved."""
+    from dataclasses import asdict
+
+    from kd_helpers import beyond, experiment
+    from kd_helpers.cache import atomic_write_json, check_writable
+
+    methods = feature_methods(args.feature_loss, args.feature_weight)
+    config = config_from_args(args, student="tiny")
+    steps = args.steps or (FAST_STEPS if config.fast else beyond.STEPS)
+    out = check_writable(args.output_dir) / "features"
+    setup = experiment.prepare(config)
+    fs = beyond.prepare_features(setup)
+    print(f"Teacher states for {len(setup.train_set)} training rows: {fs.seconds:.1f} s (layer map "
+          f"{fs.pairs}); {steps} steps of {config.batch_size} for every student, seeds {args.seeds}")
+    results = beyond.open_results(fs, out / "runs.json", steps=steps, evals=beyond.EVALS)
+    students = beyond.run_comparison(fs, results, methods, seeds=args.seeds)
+    print(beyond.format_summary(results))
+    last = list(methods)[-1]
+    alpha, weights = methods[last]
+    student = students.get(last) or beyond.train_run(fs, alpha, weights, args.seeds[0], steps)[0]  # resumed: again
+    experiment.save_student(student, setup.tokenizer, out / "student")
+    report = {"config": config.to_dict(), "environment": experiment.environment(),
+              "feature_loss": args.feature_loss, "feature_weights": asdict(weights), "alpha": alpha,
+              "methods": {name: {"alpha": a, "weights": asdict(w)} for name, (a, w) in methods.items()},
+              "summary": [row for row in beyond.summary(results) if row["method"] in methods],
+              "teacher_test_accuracy": results["teacher_test_accuracy"], "steps": steps, "seeds": args.seeds,
+              "saved_student": {"method": last, "seed": args.seeds[0], "path": str(out / "student")}}
+    atomic_write_json(out / "results.json", report)
+    print(f"\nSaved {out / 'results.json'} and the {last} student (seed {args.seeds[0]}) in {out / 'student'}")
     return 0
 
 

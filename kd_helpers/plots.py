@@ -216,6 +216,69 @@ def plot_accuracy_vs_latency(ax: Axes, models: Mapping[str, Mapping]) -> None:
               frameon=False)
 
 
+# notebook 05's loss terms beyond the logit loss: (key, legend name, colour, marker)
+FEATURE_COMPONENTS = (("hidden", "hidden MSE", PALETTE["orange"], "D"),
+                      ("cosine", "hidden cosine", PALETTE["sky"], "P"),
+                      ("attention", "attention KL", PALETTE["blue"], "v"))
+
+
+def plot_feature_steps(ax: Axes, steps: Sequence[Mapping], label: str = "", linestyle: str = "-") -> None:
+    """Per-step loss components of a notebook-05 run: total, distill, student and every feature loss it used
+    (a component that stayed 0 is left out); call again to overlay another run with another line style."""
+    ax.set(xlabel="training step", ylabel="loss (log scale)", title="Loss components per step", yscale="log")
+    if not steps:
+        ax.text(0.5, 0.5, f"{label or 'this configuration'}: not trained yet", ha="center", va="center",
+                transform=ax.transAxes)
+        return
+    x = np.array([s["step"] for s in steps])
+    shown = set(ax.get_legend_handles_labels()[1])
+    rows = [(k, n, c, m) for k, n, c, _, m in COMPONENTS] + list(FEATURE_COMPONENTS)
+    for key, name, color, marker in rows:
+        y = np.array([s.get(f"{key}_loss", 0.0) for s in steps])
+        if not (y > 0).any():
+            continue
+        ax.plot(x, y, color=color, ls=linestyle, lw=1.2, marker=marker, ms=4, markevery=max(len(x) // 10, 1),
+                label=None if name in shown else name)
+    if label:
+        ax.plot([], [], color="grey", ls=linestyle, label=label)
+    ax.legend(loc="upper right", fontsize="small", ncol=2)
+
+
+def plot_layer_map(ax: Axes, pairs: Sequence[tuple[int, int]], student_layers: int, teacher_layers: int) -> None:
+    """Teacher layers on the left, student layers on the right (0 = embeddings), an arrow per mapped pair."""
+    for x, n, name, color in ((0, teacher_layers, "teacher", TEACHER), (1, student_layers, "student", STUDENT)):
+        for layer in range(n + 1):
+            y = layer / max(teacher_layers, 1)
+            ax.add_patch(Rectangle((x - 0.18, y - 0.04), 0.36, 0.08, facecolor=color, alpha=0.25, edgecolor=color))
+            ax.text(x, y, "embeddings" if layer == 0 else f"layer {layer}", ha="center", va="center",
+                    fontsize="small")
+        ax.text(x, 1.12, f"{name} ({n} layer{'s' if n > 1 else ''})", ha="center", fontweight="bold")
+    for student, teacher in pairs:
+        ax.annotate("", xy=(0.8, student / max(teacher_layers, 1)), xytext=(0.2, teacher / max(teacher_layers, 1)),
+                    arrowprops=dict(arrowstyle="->", color=PALETTE["black"], lw=1.5))
+    ax.set(xlim=(-0.3, 1.3), ylim=(-0.12, 1.2), title="Layer map: who learns from whom")
+    ax.axis("off")
+
+
+def plot_attention(ax: Axes, attention, tokens: Sequence[str], title: str = "Attention (mean over heads)") -> None:
+    """One sentence's attention map ``(queries, keys)``: row i says where token i looks (each row sums to 1)."""
+    matrix = np.asarray(attention, dtype=float)
+    image = ax.imshow(matrix, cmap="Blues", vmin=0, vmax=max(matrix.max(), 1e-9))
+    ax.set_xticks(range(len(tokens)), tokens, rotation=90, fontsize="small")
+    ax.set_yticks(range(len(tokens)), tokens, fontsize="small")
+    ax.set(xlabel="key (looked at)", ylabel="query (looking)", title=title)
+    ax.figure.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+
+
+def plot_layer_probe(ax: Axes, accuracies: Sequence[float], chance: float = 0.5) -> None:
+    """Linear-probe accuracy per layer (0 = embeddings): where the sentiment becomes readable."""
+    ax.plot(range(len(accuracies)), accuracies, color=TEACHER, marker="o", ls="-", label="teacher, linear probe")
+    ax.axhline(chance, color=PALETTE["grey"], ls=":", label="chance")
+    ax.set_xticks(range(len(accuracies)), ["emb"] + [str(i) for i in range(1, len(accuracies))])
+    ax.set(xlabel="layer", ylabel="validation accuracy", title="What each layer carries about sentiment")
+    ax.legend(loc="lower right", fontsize="small")
+
+
 def _cycle():
     while True:
         yield from SERIES
