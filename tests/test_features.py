@@ -213,3 +213,41 @@ def test_features_cli_records_the_option_and_saves_an_evaluable_student(tmp_path
     assert payload["n"] > 0 and 0.0 <= payload["accuracy"] <= 1.0
     assert cli.main(args) == 0  # resumed: nothing left to train, the student is trained again to be saved
     assert "seed 1: test accuracy" not in capsys.readouterr().out
+
+
+def _fake_results():
+    """A results file's shape with made-up runs (the explorer only reads it)."""
+    runs = {}
+    for k, (name, alpha, weights) in enumerate([("ce", 0.0, FeatureWeights()), ("logit", 0.7, FeatureWeights()),
+                                                ("logit+hidden+attention", 0.7, FeatureWeights(1.0, 0.0, 1.0))]):
+        per_seed = {}
+        for seed in (1, 2, 3):
+            acc = [0.5 + 0.01 * (k + seed + e) for e in range(4)]
+            per_seed[str(seed)] = {
+                "test_accuracy": acc[-1], "correct": "".join("1" if (i + seed + k) % 3 else "0" for i in range(30)),
+                "history": [{"step": 10 * (e + 1), "accuracy": a} for e, a in enumerate(acc)],
+                "steps": [{"step": 4 * (i + 1), "total_loss": 1.0 / (i + 1), "distill_loss": 0.5, "student_loss": 0.4,
+                           "hidden_loss": weights.hidden * 0.3, "cosine_loss": 0.0,
+                           "attention_loss": weights.attention * 2.0} for i in range(10)]}
+        runs[name] = {"weights": {"hidden": weights.hidden, "cosine": 0.0, "attention": weights.attention},
+                      "alpha": alpha, "per_seed": per_seed}
+    return {"kind": beyond.KIND, "runs": runs, "teacher_test_accuracy": 0.9, "test_rows": 30, "steps": 40,
+            "key": {"batch_size": 32}}
+
+
+def test_feature_explorer_plots_the_selected_runs_mean_over_seeds():
+    from kd_helpers.feature_explorer import feature_explorer
+
+    results = _fake_results()
+    explorer = feature_explorer(results)
+    assert list(explorer.hidden.options) == [("0", 0.0), ("1", 1.0)]
+    explorer.select(1.0, 1.0)
+    lines = [line for line in explorer.axes["accuracy"].lines if line.get_marker() == "o"]
+    expected = beyond.mean_history(results["runs"]["logit+hidden+attention"], [1, 2, 3])
+    assert list(lines[-1].get_ydata()) == pytest.approx([h["accuracy"] for h in expected])
+    legend = [t.get_text() for t in explorer.axes["steps"].get_legend().get_texts()]
+    assert "hidden MSE" in legend and "attention KL" in legend and "hidden cosine" not in legend
+    assert "logit+hidden+attention" in explorer.status.value and "vs logit KD" in explorer.status.value
+    explorer.select(1.0, 0.0)  # a weighting nobody trained
+    assert "not trained yet" in explorer.status.value
+    assert explorer.train() is None and "feature_setup=" in explorer.status.value and explorer.train_button.disabled

@@ -63,7 +63,8 @@ def _checked(nb) -> list:
 
 def test_the_series_is_complete():
     assert [p.name for p in MAIN] == ["01_distillation_loss.ipynb", "02_teacher_student_loop.ipynb",
-                                      "03_evaluation.ipynb", "04_temperature_alpha_explorer.ipynb"]
+                                      "03_evaluation.ipynb", "04_temperature_alpha_explorer.ipynb",
+                                      "05_beyond_logits.ipynb"]
     assert [p.name.replace("_solutions", "") for p in SOLUTIONS] == [p.name for p in MAIN]
 
 

@@ -25,7 +25,7 @@ def test_release_stubs_every_answer_and_its_tests_fail_until_answered(tmp_path):
     assert student.startswith("student: 0 of "), student  # and none on the stubs
     released = sorted(p.name for p in out.glob("*.ipynb"))
     assert released == ["01_distillation_loss.ipynb", "02_teacher_student_loop.ipynb", "03_evaluation.ipynb",
-                        "04_temperature_alpha_explorer.ipynb"]
+                        "04_temperature_alpha_explorer.ipynb", "05_beyond_logits.ipynb"]
     for name in released:
         text = (out / name).read_text()
         assert "BEGIN SOLUTION" not in text and "BEGIN HIDDEN TESTS" not in text, name
