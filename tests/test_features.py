@@ -251,3 +251,10 @@ def test_feature_explorer_plots_the_selected_runs_mean_over_seeds():
     explorer.select(1.0, 0.0)  # a weighting nobody trained
     assert "not trained yet" in explorer.status.value
     assert explorer.train() is None and "feature_setup=" in explorer.status.value and explorer.train_button.disabled
+
+
+def test_compare_rejects_a_bad_variant_count(capsys):
+    from kd_helpers import cli
+
+    assert cli.main(["compare", "--fast", "--variants", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "error: --variants 0: must be >= 1"
