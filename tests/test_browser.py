@@ -1,4 +1,4 @@
-"""The explorers in a real browser: JupyterLab runs notebooks 01 and 04, Chromium moves every slider.
+"""The explorers in a real browser: JupyterLab runs notebooks 01, 04 and 05, Chromium moves every slider.
 
 Drives Debian's /usr/bin/chromium through Playwright (no browser download); skipped when either is missing.
 The notebooks run from a temporary copy with ``KD_FAST=1``; screenshots go to tests/artifacts/browser/.
@@ -23,7 +23,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
 SHOTS = ROOT / "tests" / "artifacts" / "browser"
-NOTEBOOKS = ["01_distillation_loss.ipynb", "04_temperature_alpha_explorer.ipynb"]
+NOTEBOOKS = ["01_distillation_loss.ipynb", "04_temperature_alpha_explorer.ipynb", "05_beyond_logits.ipynb"]
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run", "--disable-quic"]
 RUN_TIMEOUT_S = 600  # notebook 04 prepares a fast-mode setup: minutes if the teacher is not cached yet
