@@ -20,15 +20,14 @@ from transformers import get_linear_schedule_with_warmup, set_seed
 from kd_helpers import experiment, transfer
 from kd_helpers.config import KDConfig
 from kd_helpers.features import (
+    FeatureWeights,
     HiddenProjection,
-    attention_kl_loss,
-    forward_features,
-    hidden_mse_loss,
+    feature_step,
     layer_map,
     live_teacher_features,
     use_eager_attention,
 )
-from kd_helpers.loss import DistillationLoss, transfer_loss
+from kd_helpers.loss import DistillationLoss
 
 
 def main() -> None:
@@ -63,17 +62,11 @@ def train_and_test(setup, ts, teacher, pairs, lengths, seed, args) -> float:
     criterion = DistillationLoss(4.0, 0.7)
     collate = transfer._Collate(setup.tokenizer, ts.labels["kd"])
     student.train()
+    weights = FeatureWeights(hidden=args.hidden_weight, attention=args.attention_weight)
     for batch in DataLoader(ts.pool, batch_sampler=batches, collate_fn=collate):
         hidden, attention = live_teacher_features(teacher, batch, pairs, setup.device)
-        out = forward_features(student, batch, setup.device, attentions=args.attention_weight > 0)
-        total, _, _ = transfer_loss(criterion, out.logits.float(), ts.teacher(batch), batch["labels"])
-        mask = batch["attention_mask"]
-        if args.hidden_weight > 0:
-            total = total + args.hidden_weight * sum(
-                hidden_mse_loss(out.hidden_states[s], hidden[k], mask, lambda x, k=k: projection(x, k))
-                for k, (s, _) in enumerate(pairs)) / len(pairs)
-        if args.attention_weight > 0:
-            total = total + args.attention_weight * attention_kl_loss(out.attentions[0], attention[0], mask)
+        total, _ = feature_step(student, batch, ts.teacher(batch), hidden, attention, criterion, weights, pairs,
+                                projection, setup.device)
         optimizer.zero_grad(set_to_none=True)
         total.backward()
         optimizer.step()

@@ -31,7 +31,7 @@ from kd_helpers.cache import atomic_write_json, cache_key, load_tensor, read_jso
 from kd_helpers.config import cache_dir
 from kd_helpers.data import fingerprint
 from kd_helpers.errors import KDError, NonFiniteLossError
-from kd_helpers.experiment import Setup, new_student
+from kd_helpers.experiment import Setup, new_student, teacher_test_accuracy
 from kd_helpers.features import (
     FeatureWeights,
     HiddenProjection,
@@ -39,6 +39,7 @@ from kd_helpers.features import (
     feature_step,
     forward_features,
     layer_map,
+    live_teacher_features,
     num_layers,
     use_eager_attention,
 )
@@ -140,7 +141,6 @@ def train_run(fs: FeatureSetup, alpha: float, weights: FeatureWeights, seed: int
     for step, batch in enumerate(batches, 1):
         teacher_logits = setup.cached_teacher(batch)
         if live_teacher:
-            from kd_helpers.features import live_teacher_features
             hidden, attention = live_teacher_features(setup.teacher, batch, fs.pairs, device)
         else:
             hidden, attention = fs.features(batch["idx"], batch["input_ids"].shape[1])
@@ -193,9 +193,8 @@ def open_results(fs: FeatureSetup, path: str | Path, steps: int = STEPS, evals: 
                 raise KDError(f"{path} holds runs of another setup; pass another --results file")
         except ValueError as exc:
             log(f"{path} is unreadable ({exc}); starting it again")
-    test_loader = _test_loader(fs)
     results = {"kind": KIND, "key": key, "steps": int(steps), "evals": int(evals), "runs": {},
-               "teacher_test_accuracy": evaluate(fs.setup.teacher, test_loader, fs.setup.device),
+               "teacher_test_accuracy": teacher_test_accuracy(fs.setup),
                "test_rows": len(fs.setup.splits["test"])}
     save(results, path)
     return results

@@ -13,6 +13,7 @@ attention probabilities, so a model loaded with it returns none (:func:`use_eage
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import torch
@@ -20,7 +21,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from kd_helpers.errors import KDError
-from kd_helpers.train import model_inputs
+from kd_helpers.train import batch_loss, model_inputs
 
 FEATURES = ("hidden", "cosine", "attention")  # what --feature-loss accepts
 
@@ -36,7 +37,7 @@ class FeatureWeights:
 
     def __post_init__(self):
         for name, value in asdict(self).items():
-            if not (isinstance(value, (int, float)) and value >= 0 and value == value and value != float("inf")):
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
                 raise KDError(f"feature weight {name}={value!r}: must be a finite number >= 0")
 
     @property
@@ -227,14 +228,16 @@ def live_teacher_features(teacher: nn.Module, batch: dict, pairs: list, device) 
 def feature_step(student: nn.Module, batch: dict, teacher_logits: torch.Tensor, teacher_hidden: list,
                  teacher_attention: list, criterion, weights: FeatureWeights, pairs: list,
                  projection: HiddenProjection | None, device) -> tuple[torch.Tensor, dict]:
-    """One batch's loss: ``criterion``'s logit loss (alpha blend of notebook 01) plus the weighted feature losses.
+    """One batch's loss: ``criterion``'s logit loss (alpha blend of notebook 01; transfer-set rows, label
+    ``UNLABELLED``, get the teacher's soft targets only, as in ``train_epoch``) plus the weighted feature losses,
+    which need no labels.
 
     Returns ``(total, components)``; ``components`` holds every term (as floats), weighted or not, so the
     plots can show each: ``total_loss, distill_loss, student_loss, hidden_loss, cosine_loss, attention_loss``.
     """
     out = forward_features(student, batch, device, attentions=weights.attention > 0)
     labels = batch["labels"].to(device)
-    total, distill, student_ce = criterion(out.logits.float(), teacher_logits.to(device), labels)
+    total, distill, student_ce = batch_loss(criterion, out.logits.float(), teacher_logits.to(device), labels)
     mask = batch["attention_mask"].to(device)
     parts = {"hidden_loss": 0.0, "cosine_loss": 0.0, "attention_loss": 0.0}
     if weights.hidden > 0:

@@ -258,3 +258,25 @@ def test_compare_rejects_a_bad_variant_count(capsys):
 
     assert cli.main(["compare", "--fast", "--variants", "0"]) == 2
     assert capsys.readouterr().err.strip() == "error: --variants 0: must be >= 1"
+
+
+@pytest.mark.slow
+def test_feature_step_gives_transfer_rows_soft_targets_only(feature_setup):
+    """Rows labelled UNLABELLED (the transfer set) get the KL term alone, as in train_epoch."""
+    from kd_helpers.features import feature_step
+    from kd_helpers.loss import UNLABELLED, DistillationLoss, transfer_loss
+
+    fs = feature_setup
+    batch = next(iter(fs.setup.train_loader(seed=1)))
+    batch["labels"][::2] = UNLABELLED
+    student = experiment.new_student(fs.setup, kind="tiny", seed=1).eval()  # no dropout: two forwards agree
+    criterion = DistillationLoss(4.0, 0.7)
+    teacher_logits = fs.setup.cached_teacher(batch)
+    hidden, attention = fs.features(batch["idx"], batch["input_ids"].shape[1])
+    total, parts = feature_step(student, batch, teacher_logits, hidden, attention, criterion, FeatureWeights(),
+                                fs.pairs, None, fs.setup.device)
+    logits = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                     token_type_ids=batch["token_type_ids"]).logits
+    expected = transfer_loss(criterion, logits, teacher_logits, batch["labels"])
+    assert total.item() == pytest.approx(expected[0].item(), rel=1e-6)
+    assert parts["student_loss"] == pytest.approx(expected[2].item(), rel=1e-6)
