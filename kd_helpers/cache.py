@@ -109,6 +109,50 @@ def load_tensor(path: str | Path, key: str) -> torch.Tensor:
     return tensor
 
 
+def save_tensors(path: str | Path, tensors: dict, key: str, extra: dict | None = None) -> None:
+    """Save named tensors (e.g. a state dict) with their cache key, a checksum and ``extra`` JSON, atomically."""
+    tensors = {name: t.detach().cpu().contiguous() for name, t in tensors.items()}
+    meta = {"key": key, "sha256": _tensors_sha(tensors), "extra": json.dumps(extra or {})}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=meta)
+        _default_mode(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_tensors(path: str | Path, key: str) -> tuple[dict, dict]:
+    """``(tensors, extra)`` saved by :func:`save_tensors`; ``ValueError`` if the key or checksum does not match."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            meta = fh.metadata() or {}
+        tensors = load_file(str(path))
+        extra = json.loads(meta.get("extra", "{}"))
+    except (SafetensorError, OSError, RuntimeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: unreadable cache entry ({exc.__class__.__name__})") from exc
+    if meta.get("key") != key:
+        raise ValueError(f"{path}: cache key {meta.get('key')!r} does not match {key!r}")
+    if meta.get("sha256") != _tensors_sha(tensors):
+        raise ValueError(f"{path}: checksum mismatch (partial or corrupt file)")
+    return tensors, extra
+
+
+def _tensors_sha(tensors: dict) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        digest.update(name.encode())
+        digest.update(_tensor_sha(tensors[name]).encode())
+    return digest.hexdigest()
+
+
 def check_writable(folder: str | Path, option: str = "--output-dir") -> Path:
     """Create ``folder`` if needed and prove a file can be written there; ``KDError`` in one line otherwise."""
     from kd_helpers.errors import KDError

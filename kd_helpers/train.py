@@ -143,6 +143,7 @@ class TrainingRun:
 
     history: list = field(default_factory=list)
     steps: list = field(default_factory=list)
+    cached: bool = False  # loaded from the cache instead of trained (transfer.train_method(cache=True))
 
 
 def distill(student_model, teacher_model, train_loader: DataLoader, val_loader: DataLoader, device,

@@ -14,6 +14,8 @@ The transfer set is the augmented training sentences (:mod:`kd_helpers.augment`)
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from dataclasses import dataclass, field
 
@@ -24,9 +26,12 @@ from transformers import DataCollatorWithPadding, get_linear_schedule_with_warmu
 
 from kd_helpers import data as kd_data
 from kd_helpers.augment import augment
+from kd_helpers.cache import cache_key, load_tensors, save_tensors
+from kd_helpers.config import cache_dir
 from kd_helpers.errors import KDError
 from kd_helpers.experiment import Setup, new_student
 from kd_helpers.loss import UNLABELLED, DistillationLoss
+from kd_helpers.models import state_dict_sha256
 from kd_helpers.teacher import cached_teacher_logits
 from kd_helpers.train import CachedTeacher, TrainingRun, predict_logits, train_epoch
 
@@ -50,6 +55,7 @@ class TransferSetup:
     n_variants: int
     test_loader: DataLoader | None = None
     timings: dict = field(default_factory=dict)
+    fingerprints: dict = field(default_factory=dict)  # hashes of the pool and validation rows (student cache keys)
 
 
 def labelled_mask(n: int, fraction: float, seed: int) -> torch.Tensor:
@@ -135,8 +141,15 @@ def _stream(ids: list, generator: torch.Generator):
 
 def train_method(ts: TransferSetup, method: str, seed: int, steps: int, temperature: float = 4.0,
                  alpha: float = 0.7, lr: float | None = None, evals: int = 8, batch_size: int | None = None,
-                 kind: str = "tiny", progress: bool = False) -> tuple:
+                 kind: str = "tiny", progress: bool = False, transfer_share: float = 0.5,
+                 cache: bool = False) -> tuple:
     """Train one student by ``method`` for ``steps`` optimizer steps, evaluating on validation ``evals`` times.
+
+    ``transfer_share``: the share of each batch drawn from the transfer rows ("kd") or augmented rows
+    ("aug_ce"); the rest are labelled rows. "ce" trains on labelled rows only. ``cache=True`` keeps the trained
+    student and its run under ``KD_CACHE_DIR/students/`` (about 16 MB for the tiny student), keyed by everything
+    that decides them (rows, labels, teacher logits, initial weights, hyper-parameters, library versions), and
+    loads them instead of training when the same call comes again (notebook 03's solution reuses notebook 03's).
 
     Returns ``(student, run)``: ``run.history`` has one record per evaluation (step, mean losses since the
     last one, validation accuracy), ``run.steps`` the losses of every optimizer step.
@@ -148,8 +161,16 @@ def train_method(ts: TransferSetup, method: str, seed: int, steps: int, temperat
     lr = lr or (cfg.lr if cfg.student == kind else _default_lr(kind))
     second = {"kd": ts.transfer_ids, "ce": [], "aug_ce": ts.augmented_ids}[method]
     lengths = [len(ids) for ids in ts.pool["input_ids"]]
-    batches = mixed_batches(ts.labelled_ids, second, lengths, batch_size, steps, 0.5, seed)
+    batches = mixed_batches(ts.labelled_ids, second, lengths, batch_size, steps, transfer_share, seed)
     student = new_student(ts.setup, kind=kind, seed=seed)
+    if cache:
+        path, key = _student_cache_entry(ts, method, student, batches, temperature, alpha, lr, evals)
+        try:
+            tensors, extra = load_tensors(path, key)
+            student.load_state_dict(tensors)
+            return student, TrainingRun(history=extra["history"], steps=extra["steps"], cached=True)
+        except (ValueError, KeyError, RuntimeError):
+            pass  # missing, stale or corrupt: train (and overwrite it)
     set_seed(seed)
     criterion = DistillationLoss(temperature, 0.0 if method != "kd" else alpha)
     optimizer = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=lr)
@@ -166,7 +187,34 @@ def train_method(ts: TransferSetup, method: str, seed: int, steps: int, temperat
         accuracy = evaluate(student, ts.setup.val_loader, ts.setup.device)
         history.append({"step": done, "loss": losses["total_loss"], "distill_loss": losses["distill_loss"],
                         "student_loss": losses["student_loss"], "accuracy": accuracy})
+    if cache:
+        save_tensors(path, student.state_dict(), key, {"history": history, "steps": step_losses})
     return student, TrainingRun(history=history, steps=step_losses)
+
+
+def _student_cache_entry(ts: TransferSetup, method: str, student, batches: list, temperature: float,
+                         alpha: float, lr: float, evals: int) -> tuple:
+    """Where a trained student is cached, and the key that says exactly what it was trained from."""
+    import transformers
+
+    def sha(*tensors) -> str:
+        digest = hashlib.sha256()
+        for t in tensors:
+            digest.update(t.detach().cpu().contiguous().numpy().tobytes())
+        return digest.hexdigest()
+
+    if "pool" not in ts.fingerprints:
+        ts.fingerprints["pool"] = sha(*(torch.tensor(ids) for ids in ts.pool["input_ids"]), ts.teacher.logits)
+        ts.fingerprints["validation"] = sha(*(torch.tensor(ids) for ids in ts.setup.val_set["input_ids"]),
+                                            torch.tensor(ts.setup.val_set["labels"]))
+    cfg = ts.setup.config
+    key = cache_key(pool=ts.fingerprints["pool"], validation=ts.fingerprints["validation"],
+                    labels=sha(ts.labels[method]), method=method, initial=state_dict_sha256(student),
+                    batches=hashlib.sha256(json.dumps(batches).encode()).hexdigest(), temperature=temperature,
+                    alpha=alpha, lr=lr, evals=evals, bf16=ts.setup.bf16, device=ts.setup.device.type,
+                    freeze_embeddings=cfg.freeze_embeddings, torch=torch.__version__,
+                    transformers=transformers.__version__)
+    return cache_dir() / "students" / f"{method}-{key}.safetensors", key
 
 
 def _default_lr(kind: str) -> float:
@@ -219,7 +267,7 @@ LENGTH_BUCKETS = ((1, 9), (10, 24), (25, 10_000))  # words: short, medium, long 
 
 def compare_methods(ts: TransferSetup, seeds: list, steps: int, methods: tuple = METHODS,
                     temperature: float = 4.0, alpha: float = 0.7, kind: str = "tiny", evals: int = 8,
-                    log=print) -> dict:
+                    log=print, cache: bool = False) -> dict:
     """Train every method for every seed; test-split accuracy per seed, paired tests against ``"ce"``.
 
     Returns a JSON-ready dict: ``methods[m] = {"test_accuracy": [...per seed], "history": [...]}``,
@@ -242,7 +290,8 @@ def compare_methods(ts: TransferSetup, seeds: list, steps: int, methods: tuple =
         correct[method] = []
         for seed in seeds:
             start = time.perf_counter()
-            student, run = train_method(ts, method, seed, steps, temperature, alpha, kind=kind, evals=evals)
+            student, run = train_method(ts, method, seed, steps, temperature, alpha, kind=kind, evals=evals,
+                                        cache=cache)
             predicted, labels = predictions(student, ts.test_loader, ts.setup.device)
             right = (predicted == labels)
             correct[method].append(right)
@@ -250,8 +299,8 @@ def compare_methods(ts: TransferSetup, seeds: list, steps: int, methods: tuple =
             record["history"].append(run.history)
             record["seconds"].append(round(time.perf_counter() - start, 1))
             students.setdefault(method, student)
-            log(f"  {method:7s} seed {seed}: test accuracy {record['test_accuracy'][-1]:.4f} "
-                f"({record['seconds'][-1]:.0f} s)")
+            took = "loaded from the cache" if run.cached else f"{record['seconds'][-1]:.0f} s"
+            log(f"  {method:7s} seed {seed}: test accuracy {record['test_accuracy'][-1]:.4f} ({took})")
         out["methods"][method] = record
         right = torch.stack(correct[method]).float()  # (seeds, rows)
         out["by_length"][method] = {_bucket(lo, hi): float(right[:, (words >= lo) & (words <= hi)].mean())

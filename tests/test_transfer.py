@@ -146,3 +146,34 @@ def test_methods_share_steps_and_initial_weights(fast_setup):
     second = experiment.new_student(fast_setup, kind="tiny", seed=2)
     assert all(torch.equal(p, q) for p, q in zip(first.parameters(), second.parameters(), strict=True))
     assert runs["ce"].steps[0]["distill_loss"] > 0 and runs["aug_ce"].steps[0]["student_loss"] > 0
+
+
+@pytest.mark.slow
+def test_student_cache_reloads_the_same_student_and_retrains_when_an_input_changes(fast_setup, tmp_path,
+                                                                                  monkeypatch):
+    monkeypatch.setenv("KD_CACHE_DIR", str(tmp_path))
+    ts = transfer.prepare_transfer(fast_setup, n_variants=2, fraction=0.5, log=lambda *_: None)
+    student, run = transfer.train_method(ts, "kd", seed=3, steps=6, evals=2, cache=True)
+    entries = list((tmp_path / "students").glob("kd-*.safetensors"))
+    assert not run.cached and len(entries) == 1
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained although the student was cached")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(transfer, "train_epoch", no_training)
+        again, run2 = transfer.train_method(ts, "kd", seed=3, steps=6, evals=2, cache=True)
+    assert run2.cached and run2.history == run.history and run2.steps == run.steps
+    assert all(torch.equal(a, b) for a, b in zip(student.state_dict().values(), again.state_dict().values(),
+                                                  strict=True))
+    # any input that decides training gives a new entry: another seed, alpha, or the labels
+    assert not transfer.train_method(ts, "kd", seed=3, steps=6, evals=2, alpha=0.5, cache=True)[1].cached
+    ts.labels["kd"] = ts.labels["kd"].clone()
+    ts.labels["kd"][ts.labelled_ids[0]] = 1 - ts.labels["kd"][ts.labelled_ids[0]]
+    assert not transfer.train_method(ts, "kd", seed=3, steps=6, evals=2, cache=True)[1].cached
+    # a corrupt entry is retrained and rewritten, never read
+    entries[0].write_bytes(entries[0].read_bytes()[:-10])
+    ts.labels["kd"][ts.labelled_ids[0]] = 1 - ts.labels["kd"][ts.labelled_ids[0]]
+    _, run3 = transfer.train_method(ts, "kd", seed=3, steps=6, evals=2, cache=True)
+    assert not run3.cached and run3.steps == run.steps
+    assert transfer.train_method(ts, "kd", seed=3, steps=6, evals=2, cache=True)[1].cached
