@@ -73,7 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--temperature", type=float, default=4.0)
     c.add_argument("--alpha", type=float, default=0.7, help="weight of the KL term on labelled rows")
     c.add_argument("--variants", type=int, default=None,
-                   help="augmented variants per training sentence in the transfer set (default 8)")
+                   help="augmented variants per training sentence in the transfer set (default 20; "
+                        "make demo and the sweep use 8)")
     c.add_argument("--output-dir", default="outputs")
     c.add_argument("--fast", action="store_true", help="small subset, few steps (also KD_FAST=1)")
 
@@ -222,7 +223,10 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    """``python -m kd_helpers compare``: the three students over seeds, per label regime, on the test split."""
+    """``python -m kd_helpers compare``: the three students over seeds, per label regime, on the test split.
+
+    Trained students are cached (``KD_CACHE_DIR/students/``): an interrupted run resumes, and a run after notebook
+    03 (the same students) loads them; each loaded student says so in the log."""
     from kd_helpers import experiment, transfer
     from kd_helpers.cache import atomic_write_json, check_writable
 
@@ -234,11 +238,12 @@ def cmd_compare(args) -> int:
     setup = experiment.prepare(config)
     report = {"config": config.to_dict(), "environment": experiment.environment(), "regimes": []}
     for fraction in args.fractions:
-        ts = transfer.prepare_transfer(setup, n_variants=args.variants or transfer.N_VARIANTS, fraction=fraction)
+        ts = transfer.prepare_transfer(setup, n_variants=args.variants or transfer.COMPARE_VARIANTS,
+                                       fraction=fraction)
         print(f"\nLabels known: {fraction:.0%} ({len(ts.labelled_ids)} rows); transfer rows: {len(ts.transfer_ids)}; "
               f"{steps} steps of {config.batch_size} for every student")
         result = transfer.compare_methods(ts, args.seeds, steps, methods=tuple(args.methods),
-                                          temperature=args.temperature, alpha=args.alpha)
+                                          temperature=args.temperature, alpha=args.alpha, cache=True)
         result.pop("students")
         report["regimes"].append(result)
         print(format_comparison(result))
@@ -318,17 +323,22 @@ def format_comparison(result: dict) -> str:
     for method, record in result["methods"].items():
         accs = record["test_accuracy"]
         test = result["tests"].get(method)
-        versus = "-"
-        if test:
-            boot = test["bootstrap"]
-            versus = (f"{100 * test['difference_mean']:+.1f} points "
-                      f"[{100 * boot['low']:+.1f}, {100 * boot['high']:+.1f}], "
-                      f"p = {test['mcnemar_pooled']['p_value']:.2g} (per seed: "
-                      + ", ".join(f"{t['p_value']:.2g}" for t in test["mcnemar_per_seed"]) + ")")
+        versus = format_paired(test) if test else "-"
         lines.append(f"| {names.get(method, method)} | {fmt_mean_sd(accs)} | "
                      + ", ".join(f"{100 * a:.1f}" for a in accs) + f" | {versus} | "
                      + " | ".join(f"{100 * result['by_length'][method][b]:.1f} %" for b in buckets) + " |")
+    if result.get("teacher_share"):
+        lines += ["", "The teacher's share (KD vs CE on augmented rows, the same rows without the teacher): "
+                  + format_paired(result["teacher_share"])]
     return "\n".join(lines)
+
+
+def format_paired(test: dict) -> str:
+    """``+2.5 points [+0.9, +4.1], p = 0.002 (per seed: ...)``: difference, bootstrap CI, pooled McNemar p."""
+    boot = test["bootstrap"]
+    return (f"{100 * test['difference_mean']:+.1f} points [{100 * boot['low']:+.1f}, {100 * boot['high']:+.1f}], "
+            f"p = {test['mcnemar_pooled']['p_value']:.2g} (per seed: "
+            + ", ".join(f"{t['p_value']:.2g}" for t in test["mcnemar_per_seed"]) + ")")
 
 
 def format_table(results: dict) -> str:

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from kd_helpers import experiment, transfer
+from kd_helpers import experiment, stats, transfer
 from kd_helpers.augment import MASK, augment, normalise
 from kd_helpers.config import KDConfig
 from kd_helpers.data import ChunkedLengthSampler
@@ -177,3 +177,32 @@ def test_student_cache_reloads_the_same_student_and_retrains_when_an_input_chang
     _, run3 = transfer.train_method(ts, "kd", seed=3, steps=6, evals=2, cache=True)
     assert not run3.cached and run3.steps == run.steps
     assert transfer.train_method(ts, "kd", seed=3, steps=6, evals=2, cache=True)[1].cached
+
+
+def test_paired_tests_match_the_stats_helpers():
+    a = [torch.tensor([True, True, True, False, True, True]), torch.tensor([True, False, True, True, True, True])]
+    b = [torch.tensor([False, True, False, False, True, False]), torch.tensor([True, False, False, True, True, False])]
+    out = transfer.paired_tests(a, b)
+    assert out["difference_mean"] == pytest.approx((10 - 5) / 12)
+    assert out["mcnemar_per_seed"][0] == stats.mcnemar(a[0].numpy(), b[0].numpy())
+    assert out["mcnemar_pooled"] == stats.pooled_mcnemar([(x.numpy(), y.numpy()) for x, y in zip(a, b, strict=True)])
+    # pooled: 5 rows only a got right, none only b -> exact two-sided p = 2 * 0.5 ** 5
+    assert out["mcnemar_pooled"]["p_value"] == pytest.approx(2 * 0.5 ** 5)
+    assert out["bootstrap"]["low"] <= out["difference_mean"] <= out["bootstrap"]["high"]
+
+
+@pytest.mark.slow
+def test_compare_command_reports_the_teachers_share(tmp_path, capsys):
+    from kd_helpers import cli
+    from kd_helpers.cache import read_json_checked
+
+    code = cli.main(["compare", "--fast", "--seeds", "1", "2", "--steps", "4", "--variants", "2",
+                     "--output-dir", str(tmp_path)])
+    assert code == 0
+    regime = read_json_checked(tmp_path / "compare.json")["regimes"][0]
+    assert regime["n_variants"] == 2 and set(regime["tests"]) == {"kd", "aug_ce"}
+    share = regime["teacher_share"]
+    kd, aug = regime["methods"]["kd"]["test_accuracy"], regime["methods"]["aug_ce"]["test_accuracy"]
+    assert share["difference_mean"] == pytest.approx(sum(kd) / 2 - sum(aug) / 2)
+    assert len(share["mcnemar_per_seed"]) == 2 and 0 <= share["mcnemar_pooled"]["p_value"] <= 1
+    assert "The teacher's share (KD vs CE on augmented rows" in capsys.readouterr().out
