@@ -14,10 +14,12 @@ The transfer set is the augmented training sentences (:mod:`kd_helpers.augment`)
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from datasets import Dataset
@@ -149,8 +151,9 @@ def train_method(ts: TransferSetup, method: str, seed: int, steps: int, temperat
     ``transfer_share``: the share of each batch drawn from the transfer rows ("kd") or augmented rows
     ("aug_ce"); the rest are labelled rows. "ce" trains on labelled rows only. ``cache=True`` keeps the trained
     student and its run under ``KD_CACHE_DIR/students/`` (about 16 MB for the tiny student), keyed by everything
-    that decides them (rows, labels, teacher logits, initial weights, hyper-parameters, library versions), and
-    loads them instead of training when the same call comes again (notebook 03's solution reuses notebook 03's).
+    that decides them (rows, labels, teacher logits, initial weights, hyper-parameters, library versions and
+    kd_helpers' own source), and loads them instead of training when the same call comes again (notebook 03's
+    solution reuses notebook 03's).
 
     Returns ``(student, run)``: ``run.history`` has one record per evaluation (step, mean losses since the
     last one, validation accuracy), ``run.steps`` the losses of every optimizer step.
@@ -204,18 +207,30 @@ def _student_cache_entry(ts: TransferSetup, method: str, student, batches: list,
             digest.update(t.detach().cpu().contiguous().numpy().tobytes())
         return digest.hexdigest()
 
+    def rows(column: list) -> list:  # every row's tokens, and the row lengths so that boundaries count too
+        return [torch.tensor([len(ids) for ids in column]), *(torch.tensor(ids) for ids in column)]
+
     if "pool" not in ts.fingerprints:
-        ts.fingerprints["pool"] = sha(*(torch.tensor(ids) for ids in ts.pool["input_ids"]), ts.teacher.logits)
-        ts.fingerprints["validation"] = sha(*(torch.tensor(ids) for ids in ts.setup.val_set["input_ids"]),
+        ts.fingerprints["pool"] = sha(*rows(ts.pool["input_ids"]), ts.teacher.logits)
+        ts.fingerprints["validation"] = sha(*rows(ts.setup.val_set["input_ids"]),
                                             torch.tensor(ts.setup.val_set["labels"]))
     cfg = ts.setup.config
-    key = cache_key(pool=ts.fingerprints["pool"], validation=ts.fingerprints["validation"],
+    key = cache_key(code=_code_fingerprint(), pool=ts.fingerprints["pool"], validation=ts.fingerprints["validation"],
                     labels=sha(ts.labels[method]), method=method, initial=state_dict_sha256(student),
                     batches=hashlib.sha256(json.dumps(batches).encode()).hexdigest(), temperature=temperature,
                     alpha=alpha, lr=lr, evals=evals, bf16=ts.setup.bf16, device=ts.setup.device.type,
                     freeze_embeddings=cfg.freeze_embeddings, torch=torch.__version__,
                     transformers=transformers.__version__)
     return cache_dir() / "students" / f"{method}-{key}.safetensors", key
+
+
+@functools.cache
+def _code_fingerprint() -> str:
+    """sha256 of kd_helpers' own source files: after any change to the code, cached students are trained again."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        digest.update(path.name.encode() + path.read_bytes())
+    return digest.hexdigest()
 
 
 def _default_lr(kind: str) -> float:

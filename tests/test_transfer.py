@@ -166,8 +166,11 @@ def test_student_cache_reloads_the_same_student_and_retrains_when_an_input_chang
     assert run2.cached and run2.history == run.history and run2.steps == run.steps
     assert all(torch.equal(a, b) for a, b in zip(student.state_dict().values(), again.state_dict().values(),
                                                   strict=True))
-    # any input that decides training gives a new entry: another seed, alpha, or the labels
+    # any input that decides training gives a new entry: alpha, kd_helpers' code, or the labels
     assert not transfer.train_method(ts, "kd", seed=3, steps=6, evals=2, alpha=0.5, cache=True)[1].cached
+    with monkeypatch.context() as patch:
+        patch.setattr(transfer, "_code_fingerprint", lambda: "edited")
+        assert not transfer.train_method(ts, "kd", seed=3, steps=6, evals=2, cache=True)[1].cached
     ts.labels["kd"] = ts.labels["kd"].clone()
     ts.labels["kd"][ts.labelled_ids[0]] = 1 - ts.labels["kd"][ts.labelled_ids[0]]
     assert not transfer.train_method(ts, "kd", seed=3, steps=6, evals=2, cache=True)[1].cached
