@@ -4,6 +4,7 @@
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -29,9 +30,21 @@ ACCELERATE = [str(Path(sys.executable).parent / "accelerate"), "launch", "--mult
 ACCURACY_TOLERANCE = 0.08
 
 
-def _launch(*args, launcher=TORCHRUN, timeout=600):
+def _launch(*args, launcher=TORCHRUN, timeout=300, attempts=2):
+    """Run a 2-process launch. One that *hangs* (seen once, 2026-12-06: a worker stalled for 600 s in a launch that
+    takes about 20 s, and outlived torchrun) is killed with its whole process group and started once more; one that
+    fails or gives other numbers is never retried, and a second hang fails the test."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([*launcher, *args], capture_output=True, text=True, env=env, timeout=timeout, cwd=ROOT)
+    for _ in range(attempts):
+        proc = subprocess.Popen([*launcher, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                                cwd=ROOT, start_new_session=True)
+        try:
+            out, err = proc.communicate(timeout=timeout)
+            return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)  # torchrun and every worker it started
+            proc.communicate()
+    pytest.fail(f"{' '.join(map(str, [*launcher, *args]))}: hung {attempts} times ({timeout} s each)")
 
 
 def _cli(*args, timeout=600):
