@@ -77,19 +77,7 @@ def _json_sha(data: dict) -> str:
 def save_tensor(path: str | Path, tensor: torch.Tensor, key: str) -> None:
     """Save one tensor as safetensors with its cache key and checksum in the metadata, atomically."""
     tensor = tensor.detach().cpu().contiguous()
-    meta = {"key": key, "sha256": _tensor_sha(tensor)}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({"tensor": tensor}, tmp, metadata=meta)
-        _default_mode(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    _save_safetensors_atomically(path, {"tensor": tensor}, {"key": key, "sha256": _tensor_sha(tensor)})
 
 
 def load_tensor(path: str | Path, key: str) -> torch.Tensor:
@@ -113,6 +101,11 @@ def save_tensors(path: str | Path, tensors: dict, key: str, extra: dict | None =
     """Save named tensors (e.g. a state dict) with their cache key, a checksum and ``extra`` JSON, atomically."""
     tensors = {name: t.detach().cpu().contiguous() for name, t in tensors.items()}
     meta = {"key": key, "sha256": _tensors_sha(tensors), "extra": json.dumps(extra or {})}
+    _save_safetensors_atomically(path, tensors, meta)
+
+
+def _save_safetensors_atomically(path: str | Path, tensors: dict, meta: dict) -> None:
+    """Write to a temporary sibling, then rename over ``path``: readers never see a partial file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(path)
