@@ -4,9 +4,12 @@ Variants (``--variants``; each seed and variant runs in its own subprocess, peak
 
 - ``reference``: the loop as written in the reference notebook: every batch padded to 128 tokens, a plain
   shuffled DataLoader, and a live teacher forward at every step (the real teacher passed to ``train_epoch``).
-- ``kd_helpers``: dynamic padding, length-grouped chunks (``Setup.train_loader``), cached teacher logits, in the
-  default precision (:mod:`kd_helpers.precision`); the one-off teacher pass is recomputed here (never loaded
-  from disk) and counted in its time. ``kd_helpers_bf16`` / ``kd_helpers_fp32`` force the precision.
+- ``kd_helpers``: dynamic padding, length-grouped chunks (``Setup.train_loader``), cached teacher logits, the
+  default optimizer (``train.make_optimizer``: fused AdamW on a CPU or CUDA) and precision
+  (:mod:`kd_helpers.precision`); the one-off teacher pass is recomputed here (never loaded from disk) and counted
+  in its time. ``kd_helpers_bf16`` / ``kd_helpers_fp32`` force the precision; ``kd_helpers_fused[_bf16]`` force
+  the fused kernel; ``kd_helpers_foreach`` uses PyTorch's default multi-tensor AdamW instead, and
+  ``kd_helpers_foreach_fp32`` is kd_helpers' default before 2026-12-06 (multi-tensor AdamW, fp32).
 - ``trainer_random`` / ``trainer_grouped``: the pattern a practitioner would write instead: a
   ``transformers.Trainer`` subclass whose ``compute_loss`` runs the live teacher under ``no_grad`` (the common
   "DistillationTrainer"), dynamic padding (``DataCollatorWithPadding``), random or length-grouped sampling
@@ -44,11 +47,12 @@ from kd_helpers.experiment import Setup, new_student, prepare
 from kd_helpers.loss import DistillationLoss
 from kd_helpers.models import freeze_embeddings, state_dict_sha256
 from kd_helpers.stats import mean_sd
-from kd_helpers.train import CachedTeacher, evaluate_model, predict_logits, train_epoch
+from kd_helpers.train import CachedTeacher, evaluate_model, make_optimizer, predict_logits, train_epoch
 
 REFERENCE_MAX_LENGTH = 128  # the reference tokenises with padding="max_length", max_length=128
 VARIANTS = ("reference", "kd_helpers", "kd_helpers_fp32", "kd_helpers_bf16", "kd_helpers_fused",
-            "kd_helpers_fused_bf16", "kd_helpers_freeze", "trainer_random", "trainer_grouped", "trainer_grouped_bf16")
+            "kd_helpers_fused_bf16", "kd_helpers_foreach", "kd_helpers_foreach_fp32", "kd_helpers_freeze",
+            "trainer_random", "trainer_grouped", "trainer_grouped_bf16")
 
 
 def log(message: str) -> None:
@@ -92,15 +96,17 @@ def reference_loader(raw, tokenizer, batch_size: int, seed: int | None) -> DataL
 
 
 def train(student: nn.Module, teacher, loader, setup: Setup, args: argparse.Namespace, epochs: int,
-          temperature: float, alpha: float, val_loader=None, bf16: bool = False, fused: bool = False) -> dict:
+          temperature: float, alpha: float, val_loader=None, bf16: bool = False, kernel: str = "default") -> dict:
     """AdamW + linear warm-up, ``train_epoch`` per epoch (timed), then ``evaluate_model`` (timed apart).
 
-    ``fused``: PyTorch's fused AdamW kernel (what the Trainer uses by default with torch >= 2.8) instead of the
-    default multi-tensor one; the same update rule."""
+    ``kernel``: ``"default"`` is kd_helpers' (``make_optimizer``), ``"fused"`` PyTorch's fused AdamW kernel (what
+    the Trainer uses by default with torch >= 2.8), ``"foreach"`` PyTorch's default multi-tensor one (what the
+    reference loop uses); the same update rule."""
     set_seed(args.seed)
     criterion = DistillationLoss(temperature=temperature, alpha=alpha)
-    optimizer = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=args.lr,
-                                  **({"fused": True} if fused else {}))
+    params = [p for p in student.parameters() if p.requires_grad]
+    optimizer = (make_optimizer(params, args.lr) if kernel == "default"
+                 else torch.optim.AdamW(params, lr=args.lr, **({"fused": True} if kernel == "fused" else {})))
     total = epochs * len(loader)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(0.1 * total), total)
     out = {"epoch_s": [], "eval_s": 0.0, "accuracy": [], "loss": []}
@@ -156,7 +162,8 @@ def run_variant(name: str, args: argparse.Namespace) -> dict:
     if name == "reference":
         loader = reference_loader(raw, setup.tokenizer, args.batch_size, args.seed)
         val_loader = reference_loader(setup.splits["validation"], setup.tokenizer, 64, None)
-        run = train(student, setup.teacher, loader, setup, args, args.epochs, args.temperature, args.alpha, val_loader)
+        run = train(student, setup.teacher, loader, setup, args, args.epochs, args.temperature, args.alpha, val_loader,
+                    kernel="foreach")
     elif name.startswith("trainer"):
         bf16 = name.endswith("_bf16")
         sampling = "group_by_length" if "grouped" in name else "random"
@@ -172,7 +179,9 @@ def run_variant(name: str, args: argparse.Namespace) -> dict:
         run = {"epoch_s": [train_s], "eval_s": time.perf_counter() - start, "accuracy": [accuracy], "loss": []}
         precision_name = precision.name(bf16)
     else:
-        bf16 = {"kd_helpers_bf16": True, "kd_helpers_fp32": False, "kd_helpers_fused_bf16": True}.get(name, setup.bf16)
+        bf16 = {"kd_helpers_bf16": True, "kd_helpers_fp32": False, "kd_helpers_fused_bf16": True,
+                "kd_helpers_foreach_fp32": False}.get(name, setup.bf16)
+        kernel = "fused" if "fused" in name else "foreach" if "foreach" in name else "default"
         start = time.perf_counter()
         cached = teacher_pass(setup, raw)
         teacher_s = time.perf_counter() - start
@@ -180,8 +189,9 @@ def run_variant(name: str, args: argparse.Namespace) -> dict:
             freeze_embeddings(student)
         loader = with_train_rows(setup, raw).train_loader(seed=args.seed, batch_size=args.batch_size)
         run = train(student, cached, loader, setup, args, args.epochs, args.temperature, args.alpha,
-                    setup.val_loader, bf16=bf16, fused="fused" in name)  # accuracy always in fp32
-        precision_name = precision.name(bf16) + (", fused AdamW" if "fused" in name else "")
+                    setup.val_loader, bf16=bf16, kernel=kernel)  # accuracy always in fp32
+        fused = kernel == "fused" or (kernel == "default" and setup.device.type in ("cpu", "cuda"))
+        precision_name = precision.name(bf16) + (", fused AdamW" if fused else ", multi-tensor AdamW")
     train_s = teacher_s + sum(run["epoch_s"])
     return {**result, **run, "teacher_pass_s": teacher_s, "train_s": train_s, "wall_s": train_s + run["eval_s"],
             "samples_per_s": len(raw) * args.epochs / train_s, "final_accuracy": run["accuracy"][-1],

@@ -45,6 +45,7 @@ from kd_helpers.features import (
 )
 from kd_helpers.loss import DistillationLoss
 from kd_helpers.models import state_dict_sha256, tokenizer_sha256
+from kd_helpers.train import make_optimizer
 from kd_helpers.transfer import evaluate, predictions
 
 KIND = "kd_helpers.features/1"
@@ -130,7 +131,7 @@ def train_run(fs: FeatureSetup, alpha: float, weights: FeatureWeights, seed: int
     params = [p for p in student.parameters() if p.requires_grad]
     if weights.hidden > 0:
         params += list(projection.parameters())
-    optimizer = torch.optim.AdamW(params, lr=lr or setup.config.lr)
+    optimizer = make_optimizer(params, lr or setup.config.lr)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(0.1 * steps), steps)
     criterion = DistillationLoss(temperature, alpha)
     loader = setup.train_loader(seed=seed)

@@ -99,7 +99,7 @@ def prepare(config: KDConfig, log=print, progress: bool = True, device: torch.de
         teacher, teacher_tokenizer, info = train_teacher(
             base_source, splits["train"], epochs=config.teacher_epochs, lr=config.teacher_lr,
             batch_size=config.batch_size, max_length=config.max_length, seed=config.seed, device=device,
-            progress=progress, bf16=bf16, log=log)
+            progress=progress, bf16=bool(config.bf16), log=log)  # fp32 unless asked: precision.py
         teacher_id = f"teacher:{info['key']}"
     else:
         teacher = load_classifier(teacher_source, num_labels=None)

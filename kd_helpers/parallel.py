@@ -36,7 +36,7 @@ from kd_helpers.config import pick_device
 from kd_helpers.errors import NonFiniteLossError
 from kd_helpers.loss import DistillationLoss
 from kd_helpers.precision import inference, train_autocast
-from kd_helpers.train import TrainingRun, batch_loss, epoch_averages, get_teacher_logits, model_inputs
+from kd_helpers.train import TrainingRun, batch_loss, epoch_averages, get_teacher_logits, make_optimizer, model_inputs
 
 
 def launched_processes() -> int:
@@ -131,7 +131,7 @@ def distill_ddp(accelerator: Accelerator, student_model, teacher_model, train_lo
     loaders (sharded here). Returns the wrapped student, the run, and the rows each epoch trained on here."""
     criterion = DistillationLoss(temperature=temperature, alpha=alpha)
     params = [p for p in student_model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=lr)
+    optimizer = make_optimizer(params, lr)
     total_steps = epochs * len(train_loader)  # as in the single-process loop
     scheduler = get_linear_schedule_with_warmup(optimizer, int(warmup_ratio * total_steps), total_steps)
     student_model, optimizer = accelerator.prepare(student_model, optimizer)  # DDP: wraps the student only

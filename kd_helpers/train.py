@@ -146,6 +146,15 @@ class TrainingRun:
     cached: bool = False  # loaded from the cache instead of trained (transfer.train_method(cache=True))
 
 
+def make_optimizer(params, lr: float) -> torch.optim.AdamW:
+    """The students' AdamW (PyTorch's default weight decay, 0.01), with PyTorch's fused kernel where the weights
+    live on a CPU or a CUDA card: the same update rule as the default multi-tensor kernel, fewer passes over
+    memory. Measured 1.2x (base student) and 1.5x (compact) the samples/s here: benchmarks/README.md."""
+    params = list(params)
+    fused = all(p.device.type in ("cpu", "cuda") for p in params)
+    return torch.optim.AdamW(params, lr=lr, **({"fused": True} if fused else {}))
+
+
 def distill(student_model, teacher_model, train_loader: DataLoader, val_loader: DataLoader, device,
             epochs: int = 3, lr: float = 5e-5, temperature: float = 4.0, alpha: float = 0.7,
             warmup_ratio: float = 0.1, verbose: bool = True, progress: bool = True, bf16: bool = False,
@@ -156,11 +165,10 @@ def distill(student_model, teacher_model, train_loader: DataLoader, val_loader: 
     ``run`` to keep the finished epochs (``python -m kd_helpers distill`` does, and saves them).
     """
     criterion = DistillationLoss(temperature=temperature, alpha=alpha)
-    params = [p for p in student_model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=lr)
+    student_model.to(device)  # before the optimizer: it picks its kernel by where the weights are
+    optimizer = make_optimizer([p for p in student_model.parameters() if p.requires_grad], lr)
     total_steps = epochs * len(train_loader)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(warmup_ratio * total_steps), total_steps)
-    student_model.to(device)
     if isinstance(teacher_model, nn.Module):
         teacher_model.to(device)
     run = TrainingRun() if run is None else run
@@ -185,7 +193,10 @@ def distill(student_model, teacher_model, train_loader: DataLoader, val_loader: 
 
 def fine_tune(model, train_loader, device, epochs: int = 3, lr: float = 5e-5, warmup_ratio: float = 0.1,
               progress: bool = True, bf16: bool = False) -> None:
-    """Plain cross-entropy fine-tuning (how the teacher is made). Ctrl-C propagates."""
+    """Plain cross-entropy fine-tuning (how the teacher is made). Ctrl-C propagates.
+
+    The default multi-tensor AdamW, not :func:`make_optimizer`: the teacher's recipe is its cache key
+    (:func:`kd_helpers.teacher.teacher_key`), and every published number rests on the teacher it makes."""
     model.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
     total_steps = epochs * len(train_loader)

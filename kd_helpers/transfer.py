@@ -35,7 +35,7 @@ from kd_helpers.experiment import Setup, new_student
 from kd_helpers.loss import UNLABELLED, DistillationLoss
 from kd_helpers.models import state_dict_sha256
 from kd_helpers.teacher import cached_teacher_logits
-from kd_helpers.train import CachedTeacher, TrainingRun, predict_logits, train_epoch
+from kd_helpers.train import CachedTeacher, TrainingRun, make_optimizer, predict_logits, train_epoch
 
 METHODS = ("kd", "ce", "aug_ce")
 N_VARIANTS = 8  # variants per training sentence where labels are few (make demo, the sweep); fast to label
@@ -177,7 +177,7 @@ def train_method(ts: TransferSetup, method: str, seed: int, steps: int, temperat
             pass  # missing, stale or corrupt: train (and overwrite it)
     set_seed(seed)
     criterion = DistillationLoss(temperature, 0.0 if method != "kd" else alpha)
-    optimizer = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=lr)
+    optimizer = make_optimizer([p for p in student.parameters() if p.requires_grad], lr)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(0.1 * steps), steps)
     collate = _Collate(ts.setup.tokenizer, ts.labels[method])
     history, done, step_losses = [], 0, []
