@@ -45,7 +45,7 @@ from kd_helpers.features import (
 )
 from kd_helpers.loss import DistillationLoss
 from kd_helpers.models import state_dict_sha256, tokenizer_sha256
-from kd_helpers.train import make_optimizer
+from kd_helpers.train import make_optimizer, optimizer_name
 from kd_helpers.transfer import evaluate, predictions
 
 KIND = "kd_helpers.features/1"
@@ -170,7 +170,8 @@ def results_key(fs: FeatureSetup, steps: int, evals: int) -> dict:
     return {"student": "tiny", "data": cfg.data, "train_data": fingerprint(setup.splits["train"]),
             "test_data": fingerprint(setup.splits["test"]), "teacher": setup.teacher_id, "steps": int(steps),
             "evals": int(evals), "batch_size": cfg.batch_size, "lr": cfg.lr, "max_length": cfg.max_length,
-            "temperature": 4.0, "pairs": [list(p) for p in fs.pairs], "fast": cfg.fast}
+            "temperature": 4.0, "pairs": [list(p) for p in fs.pairs], "fast": cfg.fast,
+            "optimizer": optimizer_name(setup.device)}
 
 
 def default_results_path(config) -> Path:

@@ -239,7 +239,7 @@ def cmd_compare(args) -> int:
     report = {"config": config.to_dict(), "environment": experiment.environment(), "regimes": []}
     for fraction in args.fractions:
         ts = transfer.prepare_transfer(setup, n_variants=args.variants or transfer.COMPARE_VARIANTS,
-                                       fraction=fraction)
+                                       fraction=fraction, bf16=transfer.compare_bf16(config))
         print(f"\nLabels known: {fraction:.0%} ({len(ts.labelled_ids)} rows); transfer rows: {len(ts.transfer_ids)}; "
               f"{steps} steps of {config.batch_size} for every student")
         result = transfer.compare_methods(ts, args.seeds, steps, methods=tuple(args.methods),

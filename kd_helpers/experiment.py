@@ -33,7 +33,7 @@ from kd_helpers.models import (
 )
 from kd_helpers.stats import accuracy_se
 from kd_helpers.teacher import cached_teacher_logits, train_teacher
-from kd_helpers.train import CachedTeacher, TrainingRun, distill, evaluate_model
+from kd_helpers.train import CachedTeacher, TrainingRun, distill, evaluate_model, optimizer_name
 
 LABEL_NAMES = {0: "negative", 1: "positive"}
 SMALL_VALIDATION_ROWS = 300  # below this one accuracy's standard error exceeds ~2.3 points: the run warns
@@ -176,6 +176,7 @@ def run_experiment(config: KDConfig, log=print, progress: bool = True) -> dict:
             f"({'loaded from cache' if setup.teacher_info.get('cached') else 'trained now'})")
 
         results["precision"] = precision.name(setup.bf16)
+        results["optimizer"] = optimizer_name(setup.device)
         student = new_student(setup)
         before = copy.deepcopy(student).cpu()
         results["student_before_accuracy"] = evaluate_model(student, setup.val_loader, setup.device)

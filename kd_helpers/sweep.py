@@ -31,7 +31,7 @@ from kd_helpers.cache import atomic_write_json, cache_key, read_json_checked
 from kd_helpers.config import KDConfig, cache_dir
 from kd_helpers.data import fingerprint
 from kd_helpers.errors import KDError
-from kd_helpers.train import evaluate_model
+from kd_helpers.train import evaluate_model, optimizer_name
 from kd_helpers.transfer import TransferSetup, predictions, train_method
 
 KIND = "kd_helpers.sweep/2"
@@ -62,7 +62,7 @@ def sweep_key(ts: TransferSetup, steps: int, evals: int) -> dict:
             "teacher": setup.teacher_id, "steps": int(steps), "evals": int(evals), "batch_size": cfg.batch_size,
             "lr": cfg.lr, "max_length": cfg.max_length, "fraction": ts.fraction, "n_variants": ts.n_variants,
             "fast": cfg.fast, **({"precision": "bf16-autocast"} if getattr(setup, "bf16", False) else {}),
-            "optimizer": "adamw-fused" if str(setup.device).split(":")[0] in ("cpu", "cuda") else "adamw"}
+            "optimizer": optimizer_name(setup.device)}
 
 
 def new_sweep(ts: TransferSetup, steps: int, evals: int, seeds: Sequence[int]) -> dict:

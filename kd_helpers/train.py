@@ -151,8 +151,16 @@ def make_optimizer(params, lr: float) -> torch.optim.AdamW:
     live on a CPU or a CUDA card: the same update rule as the default multi-tensor kernel, fewer passes over
     memory. Measured 1.2x (base student) and 1.5x (compact) the samples/s here: benchmarks/README.md."""
     params = list(params)
-    fused = all(p.device.type in ("cpu", "cuda") for p in params)
+    fused = all(p.device.type in FUSED_DEVICES for p in params)
     return torch.optim.AdamW(params, lr=lr, **({"fused": True} if fused else {}))
+
+
+FUSED_DEVICES = ("cpu", "cuda")
+
+
+def optimizer_name(device) -> str:
+    """What results files record of :func:`make_optimizer` on ``device``: ``"adamw-fused"`` or ``"adamw"``."""
+    return "adamw-fused" if torch.device(device).type in FUSED_DEVICES else "adamw"
 
 
 def distill(student_model, teacher_model, train_loader: DataLoader, val_loader: DataLoader, device,

@@ -1,5 +1,7 @@
 """The loop: the teacher stays bit-identical, the student changes, cached logits equal live ones, runs repeat."""
 
+import inspect
+
 import pytest
 import torch
 
@@ -13,6 +15,8 @@ from kd_helpers.train import (
     distill,
     evaluate_model,
     get_teacher_logits,
+    make_optimizer,
+    optimizer_name,
     predict_logits,
     train_epoch,
 )
@@ -150,6 +154,35 @@ def test_one_precision_policy_cached_logits_equal_live_ones_under_bf16_training(
     assert precision.resolve_bf16(torch.device("cuda")) is True
     assert precision.resolve_bf16(CPU, True) is True and precision.resolve_bf16(CPU, False) is False
     assert precision.resolve_bf16(torch.device("mps")) is False
+
+
+def test_cpu_default_follows_the_bf16_instructions_and_the_teacher_recipe_stays_fp32(monkeypatch):
+    """On a CPU, bf16 is the default exactly when the CPU has bf16 instructions; forcing works both ways; the
+    teacher's fine-tuning is fp32 unless bf16 was asked for (prepare passes ``bool(config.bf16)``)."""
+    from kd_helpers import experiment, precision
+
+    for flag, expected in (("amx_bf16", True), ("avx512_bf16", True), (None, False)):
+        monkeypatch.setattr(precision, "cpu_bf16_instructions", lambda flag=flag: flag)
+        assert precision.resolve_bf16(CPU) is expected
+        assert precision.resolve_bf16(CPU, False) is False and precision.resolve_bf16(CPU, True) is True
+    assert "bf16=bool(config.bf16)" in inspect.getsource(experiment.prepare)
+
+
+def test_students_get_the_fused_adamw_kernel_with_the_default_update_rule(tiny):
+    """``make_optimizer``: PyTorch's fused AdamW on the CPU; its first steps match the multi-tensor kernel's."""
+    runs = []
+    for kernel in ("fused", "foreach"):
+        student = make_student(tiny["base"], "base", seed=1)
+        params = [p for p in student.parameters() if p.requires_grad]
+        optimizer = make_optimizer(params, 1e-3) if kernel == "fused" else torch.optim.AdamW(params, lr=1e-3)
+        assert bool(optimizer.defaults.get("fused")) is (kernel == "fused")
+        torch.manual_seed(0)
+        runs.append(train_epoch(student, tiny["teacher"], _loader(tiny, shuffle=False), optimizer, None,
+                                DistillationLoss(), CPU, progress=False)["steps"])
+    fused, foreach = ([step["total_loss"] for step in run] for run in runs)
+    assert fused[0] == foreach[0] and fused != [0.0] * len(fused)
+    assert all(abs(a - b) < 1e-4 * max(1.0, abs(b)) for a, b in zip(fused, foreach, strict=True))
+    assert optimizer_name(CPU) == "adamw-fused" and optimizer_name(torch.device("mps")) == "adamw"
 
 
 def test_ctrl_c_propagates_and_a_passed_run_keeps_finished_epochs(tiny, monkeypatch):
