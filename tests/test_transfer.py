@@ -182,6 +182,30 @@ def test_student_cache_reloads_the_same_student_and_retrains_when_an_input_chang
     assert transfer.train_method(ts, "kd", seed=3, steps=6, evals=2, cache=True)[1].cached
 
 
+@pytest.mark.slow
+def test_the_comparison_trains_in_fp32_unless_bf16_is_forced(fast_setup, tmp_path, monkeypatch):
+    """``compare_bf16``: fp32 by default, KD_CPU_BF16 forces either; the choice reaches the training loop and the
+    student cache (a bf16 student is never loaded for an fp32 request)."""
+    assert transfer.compare_bf16(KDConfig(bf16=None)) is False
+    assert transfer.compare_bf16(KDConfig(bf16=True)) is True and transfer.compare_bf16(KDConfig(bf16=False)) is False
+    monkeypatch.setenv("KD_CACHE_DIR", str(tmp_path))
+    seen = []
+    real = transfer.train_epoch
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["bf16"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(transfer, "train_epoch", spy)
+    for bf16 in (False, True):
+        ts = transfer.prepare_transfer(fast_setup, n_variants=2, fraction=0.5, bf16=bf16, log=lambda *_: None)
+        assert ts.bf16 is bf16
+        assert not transfer.train_method(ts, "ce", seed=4, steps=4, evals=1, cache=True)[1].cached
+    assert seen == [False, True]
+    default = transfer.prepare_transfer(fast_setup, n_variants=2, fraction=0.5, log=lambda *_: None)
+    assert default.bf16 is fast_setup.bf16
+
+
 def test_paired_tests_match_the_stats_helpers():
     a = [torch.tensor([True, True, True, False, True, True]), torch.tensor([True, False, True, True, True, True])]
     b = [torch.tensor([False, True, False, False, True, False]), torch.tensor([True, False, False, True, True, False])]
