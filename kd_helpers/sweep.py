@@ -61,7 +61,7 @@ def sweep_key(ts: TransferSetup, steps: int, evals: int) -> dict:
             "train_data": fingerprint(setup.splits["train"]), "val_data": fingerprint(setup.splits["validation"]),
             "teacher": setup.teacher_id, "steps": int(steps), "evals": int(evals), "batch_size": cfg.batch_size,
             "lr": cfg.lr, "max_length": cfg.max_length, "fraction": ts.fraction, "n_variants": ts.n_variants,
-            "fast": cfg.fast, **({"precision": "bf16-autocast"} if getattr(setup, "bf16", False) else {}),
+            "fast": cfg.fast, **({"precision": "bf16-autocast"} if getattr(ts, "bf16", False) else {}),
             "optimizer": optimizer_name(setup.device)}
 
 
