@@ -47,7 +47,14 @@ from kd_helpers.experiment import Setup, new_student, prepare
 from kd_helpers.loss import DistillationLoss
 from kd_helpers.models import freeze_embeddings, state_dict_sha256
 from kd_helpers.stats import mean_sd
-from kd_helpers.train import CachedTeacher, evaluate_model, make_optimizer, predict_logits, train_epoch
+from kd_helpers.train import (
+    CachedTeacher,
+    evaluate_model,
+    make_optimizer,
+    optimizer_name,
+    predict_logits,
+    train_epoch,
+)
 
 REFERENCE_MAX_LENGTH = 128  # the reference tokenises with padding="max_length", max_length=128
 VARIANTS = ("reference", "kd_helpers", "kd_helpers_fp32", "kd_helpers_bf16", "kd_helpers_fused",
@@ -190,7 +197,7 @@ def run_variant(name: str, args: argparse.Namespace) -> dict:
         loader = with_train_rows(setup, raw).train_loader(seed=args.seed, batch_size=args.batch_size)
         run = train(student, cached, loader, setup, args, args.epochs, args.temperature, args.alpha,
                     setup.val_loader, bf16=bf16, kernel=kernel)  # accuracy always in fp32
-        fused = kernel == "fused" or (kernel == "default" and setup.device.type in ("cpu", "cuda"))
+        fused = kernel == "fused" or (kernel == "default" and optimizer_name(setup.device) == "adamw-fused")
         precision_name = precision.name(bf16) + (", fused AdamW" if fused else ", multi-tensor AdamW")
     train_s = teacher_s + sum(run["epoch_s"])
     return {**result, **run, "teacher_pass_s": teacher_s, "train_s": train_s, "wall_s": train_s + run["eval_s"],
