@@ -5,11 +5,14 @@ Variants (``--variants``; each seed and variant runs in its own subprocess, peak
 - ``reference``: the loop as written in the reference notebook: every batch padded to 128 tokens, a plain
   shuffled DataLoader, and a live teacher forward at every step (the real teacher passed to ``train_epoch``).
 - ``kd_helpers``: dynamic padding, length-grouped chunks (``Setup.train_loader``), cached teacher logits, the
-  default optimizer (``train.make_optimizer``: fused AdamW on a CPU or CUDA) and precision
-  (:mod:`kd_helpers.precision`); the one-off teacher pass is recomputed here (never loaded from disk) and counted
-  in its time. ``kd_helpers_bf16`` / ``kd_helpers_fp32`` force the precision; ``kd_helpers_fused[_bf16]`` force
-  the fused kernel; ``kd_helpers_foreach`` uses PyTorch's default multi-tensor AdamW instead, and
-  ``kd_helpers_foreach_fp32`` is kd_helpers' default before 2026-12-06 (multi-tensor AdamW, fp32).
+  default optimizer (``train.make_optimizer``: fused AdamW on a CPU or CUDA), precision
+  (:mod:`kd_helpers.precision`) and word-embedding training (``seen_rows.seen_rows_only``: only the rows the
+  training rows use, as ``train.distill`` does); the one-off teacher pass is recomputed here (never loaded from
+  disk) and counted in its time. ``kd_helpers_bf16`` / ``kd_helpers_fp32`` force the precision;
+  ``kd_helpers_all_rows`` trains the whole table (kd_helpers' default before 2026-12-06, afternoon);
+  ``kd_helpers_fused[_bf16]`` force the fused kernel (whole table); ``kd_helpers_foreach`` uses PyTorch's default
+  multi-tensor AdamW instead (whole table), and ``kd_helpers_foreach_fp32`` is kd_helpers' default before
+  2026-12-06 (multi-tensor AdamW, fp32, whole table).
 - ``trainer_random`` / ``trainer_grouped``: the pattern a practitioner would write instead: a
   ``transformers.Trainer`` subclass whose ``compute_loss`` runs the live teacher under ``no_grad`` (the common
   "DistillationTrainer"), dynamic padding (``DataCollatorWithPadding``), random or length-grouped sampling
@@ -33,6 +36,7 @@ import resource
 import subprocess
 import sys
 import time
+from contextlib import nullcontext
 
 import torch
 import transformers
@@ -46,6 +50,7 @@ from kd_helpers.config import DEFAULT_LR, KDConfig, fast_mode
 from kd_helpers.experiment import Setup, new_student, prepare
 from kd_helpers.loss import DistillationLoss
 from kd_helpers.models import freeze_embeddings, state_dict_sha256
+from kd_helpers.seen_rows import seen_rows_only
 from kd_helpers.stats import mean_sd
 from kd_helpers.train import (
     CachedTeacher,
@@ -57,7 +62,7 @@ from kd_helpers.train import (
 )
 
 REFERENCE_MAX_LENGTH = 128  # the reference tokenises with padding="max_length", max_length=128
-VARIANTS = ("reference", "kd_helpers", "kd_helpers_fp32", "kd_helpers_bf16", "kd_helpers_fused",
+VARIANTS = ("reference", "kd_helpers", "kd_helpers_fp32", "kd_helpers_bf16", "kd_helpers_all_rows", "kd_helpers_fused",
             "kd_helpers_fused_bf16", "kd_helpers_foreach", "kd_helpers_foreach_fp32", "kd_helpers_freeze",
             "trainer_random", "trainer_grouped", "trainer_grouped_bf16")
 
@@ -103,30 +108,38 @@ def reference_loader(raw, tokenizer, batch_size: int, seed: int | None) -> DataL
 
 
 def train(student: nn.Module, teacher, loader, setup: Setup, args: argparse.Namespace, epochs: int,
-          temperature: float, alpha: float, val_loader=None, bf16: bool = False, kernel: str = "default") -> dict:
+          temperature: float, alpha: float, val_loader=None, bf16: bool = False, kernel: str = "default",
+          seen_rows: bool | None = None) -> dict:
     """AdamW + linear warm-up, ``train_epoch`` per epoch (timed), then ``evaluate_model`` (timed apart).
 
     ``kernel``: ``"default"`` is kd_helpers' (``make_optimizer``), ``"fused"`` PyTorch's fused AdamW kernel (what
     the Trainer uses by default with torch >= 2.8), ``"foreach"`` PyTorch's default multi-tensor one (what the
-    reference loop uses); the same update rule."""
+    reference loop uses); the same update rule. ``seen_rows`` (default: with the default kernel) trains only the
+    word-embedding rows the training rows use, as ``train.distill`` does; its set-up is timed with the first epoch.
+    """
     set_seed(args.seed)
     criterion = DistillationLoss(temperature=temperature, alpha=alpha)
-    params = [p for p in student.parameters() if p.requires_grad]
-    optimizer = (make_optimizer(params, args.lr) if kernel == "default"
-                 else torch.optim.AdamW(params, lr=args.lr, **({"fused": True} if kernel == "fused" else {})))
-    total = epochs * len(loader)
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(0.1 * total), total)
     out = {"epoch_s": [], "eval_s": 0.0, "accuracy": [], "loss": []}
-    for _ in range(epochs):
-        start = time.perf_counter()
-        losses = train_epoch(student, teacher, loader, optimizer, scheduler, criterion, setup.device, progress=False,
-                             bf16=bf16)
-        out["epoch_s"].append(time.perf_counter() - start)
-        out["loss"].append(losses["total_loss"])
-        if val_loader is not None:
+    start = time.perf_counter()
+    with (seen_rows_only(student, loader) if (kernel == "default" if seen_rows is None else seen_rows)
+          else nullcontext()) as rows:
+        params = [p for p in student.parameters() if p.requires_grad]
+        optimizer = (make_optimizer(params, args.lr) if kernel == "default"
+                     else torch.optim.AdamW(params, lr=args.lr, **({"fused": True} if kernel == "fused" else {})))
+        if rows is not None:
+            rows.follow(optimizer)
+        total = epochs * len(loader)
+        scheduler = get_linear_schedule_with_warmup(optimizer, int(0.1 * total), total)
+        for _ in range(epochs):
+            losses = train_epoch(student, teacher, loader, optimizer, scheduler, criterion, setup.device,
+                                 progress=False, bf16=bf16)
+            out["epoch_s"].append(time.perf_counter() - start)
+            out["loss"].append(losses["total_loss"])
+            if val_loader is not None:
+                start = time.perf_counter()
+                out["accuracy"].append(evaluate_model(student, val_loader, setup.device))
+                out["eval_s"] += time.perf_counter() - start
             start = time.perf_counter()
-            out["accuracy"].append(evaluate_model(student, val_loader, setup.device))
-            out["eval_s"] += time.perf_counter() - start
     return out
 
 
@@ -196,9 +209,12 @@ def run_variant(name: str, args: argparse.Namespace) -> dict:
             freeze_embeddings(student)
         loader = with_train_rows(setup, raw).train_loader(seed=args.seed, batch_size=args.batch_size)
         run = train(student, cached, loader, setup, args, args.epochs, args.temperature, args.alpha,
-                    setup.val_loader, bf16=bf16, kernel=kernel)  # accuracy always in fp32
+                    setup.val_loader, bf16=bf16, kernel=kernel,
+                    seen_rows=False if name == "kd_helpers_all_rows" else None)  # accuracy always in fp32
         fused = kernel == "fused" or (kernel == "default" and optimizer_name(setup.device) == "adamw-fused")
         precision_name = precision.name(bf16) + (", fused AdamW" if fused else ", multi-tensor AdamW")
+        if kernel == "default" and name not in ("kd_helpers_all_rows", "kd_helpers_freeze"):
+            precision_name += ", used word rows only"
     train_s = teacher_s + sum(run["epoch_s"])
     return {**result, **run, "teacher_pass_s": teacher_s, "train_s": train_s, "wall_s": train_s + run["eval_s"],
             "samples_per_s": len(raw) * args.epochs / train_s, "final_accuracy": run["accuracy"][-1],

@@ -20,6 +20,7 @@ from transformers import get_linear_schedule_with_warmup
 from kd_helpers.errors import NonFiniteLossError
 from kd_helpers.loss import UNLABELLED, DistillationLoss, transfer_loss
 from kd_helpers.precision import inference, train_autocast
+from kd_helpers.seen_rows import seen_rows_only
 
 INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -174,28 +175,32 @@ def distill(student_model, teacher_model, train_loader: DataLoader, val_loader: 
     """
     criterion = DistillationLoss(temperature=temperature, alpha=alpha)
     student_model.to(device)  # before the optimizer: it picks its kernel by where the weights are
-    optimizer = make_optimizer([p for p in student_model.parameters() if p.requires_grad], lr)
-    total_steps = epochs * len(train_loader)
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(warmup_ratio * total_steps), total_steps)
     if isinstance(teacher_model, nn.Module):
         teacher_model.to(device)
     run = TrainingRun() if run is None else run
-    for epoch in range(1, epochs + 1):
-        losses = train_epoch(student_model, teacher_model, train_loader, optimizer, scheduler, criterion,
-                             device, progress=progress, desc=f"epoch {epoch}/{epochs}", bf16=bf16)
-        accuracy = evaluate_model(student_model, val_loader, device)
-        record = {"epoch": epoch, "loss": losses["total_loss"], "distill_loss": losses["distill_loss"],
-                  "student_loss": losses["student_loss"], "accuracy": accuracy}
-        run.history.append(record)
-        run.steps.extend({"epoch": epoch, **step} for step in losses["steps"])
-        if verbose:
-            print(f"Epoch {epoch}/{epochs}")
-            print(f"Loss: {record['loss']:.4f}")
-            print(f"  - Distillation Loss: {record['distill_loss']:.4f}")
-            print(f"  - Student Loss: {record['student_loss']:.4f}")
-            print(f"Validation Accuracy: {accuracy:.4f}")
-        if on_epoch is not None:
-            on_epoch(record)
+    # only the word-embedding rows the training rows use get gradients: the same update, less work per step
+    with seen_rows_only(student_model, train_loader) as rows:
+        optimizer = make_optimizer([p for p in student_model.parameters() if p.requires_grad], lr)
+        if rows is not None:
+            rows.follow(optimizer)  # the other rows still get AdamW's weight decay
+        total_steps = epochs * len(train_loader)
+        scheduler = get_linear_schedule_with_warmup(optimizer, int(warmup_ratio * total_steps), total_steps)
+        for epoch in range(1, epochs + 1):
+            losses = train_epoch(student_model, teacher_model, train_loader, optimizer, scheduler, criterion,
+                                 device, progress=progress, desc=f"epoch {epoch}/{epochs}", bf16=bf16)
+            accuracy = evaluate_model(student_model, val_loader, device)
+            record = {"epoch": epoch, "loss": losses["total_loss"], "distill_loss": losses["distill_loss"],
+                      "student_loss": losses["student_loss"], "accuracy": accuracy}
+            run.history.append(record)
+            run.steps.extend({"epoch": epoch, **step} for step in losses["steps"])
+            if verbose:
+                print(f"Epoch {epoch}/{epochs}")
+                print(f"Loss: {record['loss']:.4f}")
+                print(f"  - Distillation Loss: {record['distill_loss']:.4f}")
+                print(f"  - Student Loss: {record['student_loss']:.4f}")
+                print(f"Validation Accuracy: {accuracy:.4f}")
+            if on_epoch is not None:
+                on_epoch(record)
     return run
 
 
