@@ -3,9 +3,11 @@
 1. The one-off teacher pass over the training rows: fp32 (the default: inference is fp32 everywhere) against the
    same pass under bf16 autocast (not a default; timed only, its logits are not used).
 2. A ``torch.profiler`` table of 40 training steps (fused AdamW, bf16 autocast on a CPU with bf16 instructions):
-   which operators take the time.
+   which operators take the time, with the whole word table trained (the default before 2026-12-06, afternoon) and
+   with only the rows the training rows use (``seen_rows.seen_rows_only``, the default since).
 3. ``--freeze-seeds``: the student trained 3 epochs (the benchmark's schedule, cached logits) with every weight
-   trainable, and with its word-embedding table frozen (its gradient and AdamW update are a large share of a
+   trainable (the default way: only the word rows the training rows use get updates), and with its word-embedding
+   table frozen (its gradient and AdamW update are a large share of a
    step), validation accuracy per epoch and seconds.
 
 ``HF_HUB_OFFLINE=1 python benchmarks/probe_compact_step.py --freeze-seeds 1 2 3`` (output: probe_compact_step.out).
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -30,6 +33,7 @@ from kd_helpers.config import DEFAULT_LR  # noqa: E402
 from kd_helpers.experiment import new_student  # noqa: E402
 from kd_helpers.loss import DistillationLoss  # noqa: E402
 from kd_helpers.precision import train_autocast  # noqa: E402
+from kd_helpers.seen_rows import seen_rows_only  # noqa: E402
 from kd_helpers.train import make_optimizer, model_inputs  # noqa: E402
 
 
@@ -51,11 +55,16 @@ def _bf16_pass(setup, raw) -> None:
             setup.teacher(**model_inputs(setup.teacher, batch, setup.device))
 
 
-def profile_steps(setup, steps: int = 40) -> str:
+def profile_steps(setup, seen_rows: bool, steps: int = 40) -> str:
     student = new_student(setup, kind="compact", seed=1)
+    loader = setup.train_loader(seed=1, batch_size=32)
+    with seen_rows_only(student, loader) if seen_rows else nullcontext():
+        return _profile(student, list(loader)[: steps + 10], setup)
+
+
+def _profile(student, batches, setup) -> str:
     optimizer = make_optimizer([p for p in student.parameters() if p.requires_grad], 2e-4)
     criterion = DistillationLoss(4.0, 0.7)
-    batches = list(setup.train_loader(seed=1, batch_size=32))[: steps + 10]
     student.train()
 
     def step(batch):
@@ -87,8 +96,10 @@ def main() -> None:
     for bf16 in (False, True, False, True):
         print(f"teacher pass over the training rows, {'bf16 autocast' if bf16 else 'fp32'}: "
               f"{timed_teacher_pass(setup, raw, bf16):.2f} s", flush=True)
-    print("\n40 training steps of the compact student (fused AdamW, default precision):")
-    print(profile_steps(setup), flush=True)
+    for seen_rows in (False, True):
+        rows = "only the word rows the training rows use" if seen_rows else "the whole word table"
+        print(f"\n40 training steps of the compact student (fused AdamW, default precision), {rows}:")
+        print(profile_steps(setup, seen_rows), flush=True)
     if not cli.freeze_seeds:
         return
     cached = bd.teacher_pass(setup, raw)

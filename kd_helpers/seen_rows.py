@@ -38,6 +38,9 @@ class SeenRowsEmbedding(nn.Module):
         self.padding_idx = None if table.padding_idx is None else int(local[table.padding_idx])
         self.pending_decay = 1.0  # weight decay owed to the rows outside ``rows`` (see follow())
 
+    def extra_repr(self) -> str:
+        return f"{len(self.ids)} of {self.full.shape[0]} rows trainable, dim {self.full.shape[1]}"
+
     @property
     def full(self) -> torch.Tensor:
         """The original table's weight: frozen while this module stands in for it."""
@@ -83,8 +86,8 @@ def used_token_ids(loader) -> torch.Tensor | None:
     dataset = getattr(loader, "dataset", None)
     if dataset is None or "input_ids" not in getattr(dataset, "column_names", ()):
         return None
-    return torch.tensor(sorted({t for ids in dataset["input_ids"] for t in (ids.tolist() if torch.is_tensor(ids)
-                                                                             else ids)}))
+    used = {t for ids in dataset["input_ids"] for t in (ids.tolist() if torch.is_tensor(ids) else ids)}
+    return torch.tensor(sorted(used), dtype=torch.long)
 
 
 @contextmanager
