@@ -98,8 +98,10 @@ def seen_rows_only(model: nn.Module, loader):
     when nothing can be swapped (no token ids in ``loader``'s dataset, an embedding with options we do not
     mirror, a frozen table): then training is the ordinary one. The table is put back even on Ctrl-C.
     """
-    get = getattr(model, "get_input_embeddings", None)
-    table = get() if get is not None else None
+    try:
+        table = model.get_input_embeddings()
+    except (AttributeError, NotImplementedError):  # not a transformers model, or one without a word table
+        table = None
     token_ids = used_token_ids(loader)
     if (not isinstance(table, nn.Embedding) or token_ids is None or not table.weight.requires_grad
             or table.max_norm is not None or table.scale_grad_by_freq or table.sparse):

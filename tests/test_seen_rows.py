@@ -130,3 +130,9 @@ def test_distill_trains_only_seen_rows_and_restores_the_table(tiny, monkeypatch)
     distill(student, tiny["teacher"], loader, make_loader(tiny["val"], tiny["tokenizer"], 16), CPU, epochs=1,
             verbose=False, progress=False)
     assert seen == [loader] and type(student.get_input_embeddings()) is nn.Embedding
+
+
+def test_a_model_without_a_word_table_trains_as_usual(tiny):
+    loader = make_loader(tiny["train"], tiny["tokenizer"], batch_size=16, shuffle=True, seed=0)
+    with seen_rows_only(nn.Linear(2, 2), loader) as rows:
+        assert rows is None
