@@ -109,20 +109,19 @@ def reference_loader(raw, tokenizer, batch_size: int, seed: int | None) -> DataL
 
 def train(student: nn.Module, teacher, loader, setup: Setup, args: argparse.Namespace, epochs: int,
           temperature: float, alpha: float, val_loader=None, bf16: bool = False, kernel: str = "default",
-          seen_rows: bool | None = None) -> dict:
+          seen_rows: bool = True) -> dict:
     """AdamW + linear warm-up, ``train_epoch`` per epoch (timed), then ``evaluate_model`` (timed apart).
 
     ``kernel``: ``"default"`` is kd_helpers' (``make_optimizer``), ``"fused"`` PyTorch's fused AdamW kernel (what
     the Trainer uses by default with torch >= 2.8), ``"foreach"`` PyTorch's default multi-tensor one (what the
-    reference loop uses); the same update rule. ``seen_rows`` (default: with the default kernel) trains only the
-    word-embedding rows the training rows use, as ``train.distill`` does; its set-up is timed with the first epoch.
+    reference loop uses); the same update rule. ``seen_rows`` trains only the word-embedding rows the training rows
+    use, as ``train.distill`` does; its set-up is timed with the first epoch.
     """
     set_seed(args.seed)
     criterion = DistillationLoss(temperature=temperature, alpha=alpha)
     out = {"epoch_s": [], "eval_s": 0.0, "accuracy": [], "loss": []}
     start = time.perf_counter()
-    with (seen_rows_only(student, loader) if (kernel == "default" if seen_rows is None else seen_rows)
-          else nullcontext()) as rows:
+    with seen_rows_only(student, loader) if seen_rows else nullcontext() as rows:
         params = [p for p in student.parameters() if p.requires_grad]
         optimizer = (make_optimizer(params, args.lr) if kernel == "default"
                      else torch.optim.AdamW(params, lr=args.lr, **({"fused": True} if kernel == "fused" else {})))
@@ -183,7 +182,7 @@ def run_variant(name: str, args: argparse.Namespace) -> dict:
         loader = reference_loader(raw, setup.tokenizer, args.batch_size, args.seed)
         val_loader = reference_loader(setup.splits["validation"], setup.tokenizer, 64, None)
         run = train(student, setup.teacher, loader, setup, args, args.epochs, args.temperature, args.alpha, val_loader,
-                    kernel="foreach")
+                    kernel="foreach", seen_rows=False)
     elif name.startswith("trainer"):
         bf16 = name.endswith("_bf16")
         sampling = "group_by_length" if "grouped" in name else "random"
@@ -208,13 +207,12 @@ def run_variant(name: str, args: argparse.Namespace) -> dict:
         if name == "kd_helpers_freeze":
             freeze_embeddings(student)
         loader = with_train_rows(setup, raw).train_loader(seed=args.seed, batch_size=args.batch_size)
+        seen_rows = kernel == "default" and name not in ("kd_helpers_all_rows", "kd_helpers_freeze")
         run = train(student, cached, loader, setup, args, args.epochs, args.temperature, args.alpha,
-                    setup.val_loader, bf16=bf16, kernel=kernel,
-                    seen_rows=False if name == "kd_helpers_all_rows" else None)  # accuracy always in fp32
+                    setup.val_loader, bf16=bf16, kernel=kernel, seen_rows=seen_rows)  # accuracy always in fp32
         fused = kernel == "fused" or (kernel == "default" and optimizer_name(setup.device) == "adamw-fused")
         precision_name = precision.name(bf16) + (", fused AdamW" if fused else ", multi-tensor AdamW")
-        if kernel == "default" and name not in ("kd_helpers_all_rows", "kd_helpers_freeze"):
-            precision_name += ", used word rows only"
+        precision_name += ", used word rows only" if seen_rows else ""
     train_s = teacher_s + sum(run["epoch_s"])
     return {**result, **run, "teacher_pass_s": teacher_s, "train_s": train_s, "wall_s": train_s + run["eval_s"],
             "samples_per_s": len(raw) * args.epochs / train_s, "final_accuracy": run["accuracy"][-1],
